@@ -1,0 +1,153 @@
+#include "engine/graph.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace qs {
+
+Attributes::Attributes(
+    const google::protobuf::RepeatedPtrField<onnx::AttributeProto>& attrs) {
+  for (const auto& a : attrs) attrs_[a.name()] = a;
+}
+
+const onnx::AttributeProto* Attributes::Get(const std::string& name) const {
+  auto it = attrs_.find(name);
+  return it == attrs_.end() ? nullptr : &it->second;
+}
+
+int64_t Attributes::GetInt(const std::string& name, int64_t def) const {
+  const auto* a = Get(name);
+  return a ? a->i() : def;
+}
+
+float Attributes::GetFloat(const std::string& name, float def) const {
+  const auto* a = Get(name);
+  return a ? a->f() : def;
+}
+
+std::string Attributes::GetString(const std::string& name,
+                                  const std::string& def) const {
+  const auto* a = Get(name);
+  return a ? a->s() : def;
+}
+
+std::vector<int64_t> Attributes::GetInts(const std::string& name,
+                                         std::vector<int64_t> def) const {
+  const auto* a = Get(name);
+  if (!a) return def;
+  return std::vector<int64_t>(a->ints().begin(), a->ints().end());
+}
+
+std::vector<float> Attributes::GetFloats(const std::string& name,
+                                         std::vector<float> def) const {
+  const auto* a = Get(name);
+  if (!a) return def;
+  return std::vector<float>(a->floats().begin(), a->floats().end());
+}
+
+const onnx::TensorProto* Attributes::GetTensor(const std::string& name) const {
+  const auto* a = Get(name);
+  return (a && a->has_t()) ? &a->t() : nullptr;
+}
+
+std::vector<std::string> Attributes::Names() const {
+  std::vector<std::string> names;
+  for (const auto& [k, v] : attrs_) names.push_back(k);
+  return names;
+}
+
+namespace {
+
+template <typename T, typename Field>
+void CopyTyped(const Field& field, Tensor* t) {
+  T* out = t->data<T>();
+  for (int i = 0; i < field.size(); ++i) out[i] = static_cast<T>(field.Get(i));
+}
+
+}  // namespace
+
+absl::StatusOr<Tensor> TensorFromProto(const onnx::TensorProto& proto) {
+  if (proto.data_location() == onnx::TensorProto::EXTERNAL) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", proto.name(), "' uses external data, which is not supported"));
+  }
+  auto dtype_or = DataTypeFromOnnx(proto.data_type());
+  if (!dtype_or.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", proto.name(), "': ", dtype_or.status().message()));
+  }
+  DataType dtype = *dtype_or;
+  if (dtype == DataType::kString) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", proto.name(), "': string tensors are not supported"));
+  }
+  Shape shape;
+  for (int64_t d : proto.dims()) {
+    if (d < 0 || d > (int64_t{1} << 40)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", proto.name(), "' has invalid dimension ", d));
+    }
+    shape.push_back(d);
+  }
+  const int64_t n = NumElements(shape);
+  const size_t elem = DataTypeSize(dtype);
+  auto mismatch = [&](int64_t got) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", proto.name(), "' declares shape ", ShapeToString(shape), " (",
+        n, " elements) but holds ", got, " elements"));
+  };
+  if (proto.has_raw_data()) {
+    if (proto.raw_data().size() != static_cast<size_t>(n) * elem) {
+      return mismatch(static_cast<int64_t>(proto.raw_data().size() / elem));
+    }
+    Tensor t = Tensor::Uninitialized(dtype, shape);
+    if (n > 0) std::memcpy(t.raw_data(), proto.raw_data().data(), n * elem);
+    return t;
+  }
+  Tensor t(dtype, shape);
+  switch (dtype) {
+    case DataType::kFloat32:
+      if (proto.float_data_size() != n) return mismatch(proto.float_data_size());
+      CopyTyped<float>(proto.float_data(), &t);
+      break;
+    case DataType::kFloat64:
+      if (proto.double_data_size() != n) return mismatch(proto.double_data_size());
+      CopyTyped<double>(proto.double_data(), &t);
+      break;
+    case DataType::kInt64:
+      if (proto.int64_data_size() != n) return mismatch(proto.int64_data_size());
+      CopyTyped<int64_t>(proto.int64_data(), &t);
+      break;
+    case DataType::kUInt32:
+    case DataType::kUInt64:
+      if (proto.uint64_data_size() != n) return mismatch(proto.uint64_data_size());
+      if (dtype == DataType::kUInt32) {
+        CopyTyped<uint32_t>(proto.uint64_data(), &t);
+      } else {
+        CopyTyped<uint64_t>(proto.uint64_data(), &t);
+      }
+      break;
+    default:  // int32_data carries int8/16/32, uint8/16, bool, float16, bfloat16 bits
+      if (proto.int32_data_size() != n) return mismatch(proto.int32_data_size());
+      switch (elem) {
+        case 1: CopyTyped<uint8_t>(proto.int32_data(), &t); break;
+        case 2: CopyTyped<uint16_t>(proto.int32_data(), &t); break;
+        case 4: CopyTyped<int32_t>(proto.int32_data(), &t); break;
+        default: return mismatch(proto.int32_data_size());
+      }
+      break;
+  }
+  return t;
+}
+
+onnx::TensorProto TensorToProto(const Tensor& tensor, const std::string& name) {
+  onnx::TensorProto p;
+  p.set_name(name);
+  p.set_data_type(DataTypeToOnnx(tensor.dtype()));
+  for (int64_t d : tensor.shape()) p.add_dims(d);
+  p.set_raw_data(tensor.raw_data(), tensor.byte_size());
+  return p;
+}
+
+}  // namespace qs

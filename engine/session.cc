@@ -1,0 +1,231 @@
+#include "engine/session.h"
+
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "engine/log.h"
+#include "engine/onnx_import.h"
+#include "engine/ops/registry.h"
+#include "engine/passes/passes.h"
+#include "engine/status_macros.h"
+
+namespace qs {
+
+// One planned node: its kernel and the value slots it reads and writes.
+struct PlannedNode {
+  std::string name;
+  std::string op_type;
+  std::unique_ptr<Kernel> kernel;
+  std::vector<int> inputs;   // slot per input, -1 for omitted
+  std::vector<int> outputs;  // slot per output, -1 for omitted
+  std::vector<int> release;  // slots whose last use is this node
+};
+
+struct Session::Plan {
+  std::vector<ValueInfo> inputs;
+  std::vector<ValueInfo> outputs;
+  std::vector<int> input_slots;
+  std::vector<int> output_slots;
+  int num_slots = 0;
+  std::vector<std::pair<int, Tensor>> constants;  // slot -> value
+  std::vector<PlannedNode> nodes;
+  int max_batch_size = 0;
+  PlanStats stats;
+};
+
+struct ExecutionContext::Impl {
+  DnnlResources dnnl;
+  std::vector<std::unique_ptr<KernelState>> states;  // per planned node
+};
+
+ExecutionContext::ExecutionContext(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+ExecutionContext::~ExecutionContext() = default;
+
+Session::Session(std::unique_ptr<Plan> plan) : plan_(std::move(plan)) {}
+Session::~Session() = default;
+
+const std::vector<ValueInfo>& Session::inputs() const { return plan_->inputs; }
+const std::vector<ValueInfo>& Session::outputs() const { return plan_->outputs; }
+PlanStats Session::stats() const { return plan_->stats; }
+
+absl::StatusOr<std::unique_ptr<Session>> Session::Compile(
+    const onnx::ModelProto& model, const CompileOptions& options) {
+  try {
+    QS_ASSIGN_OR_RETURN(Graph graph, ImportGraph(model));
+    const int64_t graph_nodes = static_cast<int64_t>(graph.nodes.size());
+    QS_RETURN_IF_ERROR(RemoveIdentityNodes(&graph));
+    QS_RETURN_IF_ERROR(FoldConstants(&graph));
+    QS_RETURN_IF_ERROR(FoldBatchNormIntoConv(&graph));
+    QS_RETURN_IF_ERROR(EliminateDeadNodes(&graph));
+    QS_ASSIGN_OR_RETURN(auto plan,
+                        BuildPlan(std::move(graph), options.max_batch_size));
+    plan->stats.num_graph_nodes = graph_nodes;
+    return std::unique_ptr<Session>(new Session(std::move(plan)));
+  } catch (const dnnl::error& e) {
+    return absl::InternalError(absl::StrCat("oneDNN error while compiling: ", e.what()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory while compiling the model");
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildPlan(
+    Graph graph, int max_batch_size) {
+  auto plan = std::make_unique<Plan>();
+  plan->inputs = graph.inputs;
+  plan->outputs = graph.outputs;
+  plan->max_batch_size = max_batch_size;
+
+  absl::flat_hash_map<std::string, int> slot_of;
+  auto slot = [&](const std::string& name) {
+    auto [it, inserted] = slot_of.try_emplace(name, plan->num_slots);
+    if (inserted) ++plan->num_slots;
+    return it->second;
+  };
+  for (const auto& in : graph.inputs) plan->input_slots.push_back(slot(in.name));
+  for (auto& [name, t] : graph.initializers) {
+    plan->stats.weight_bytes += static_cast<int64_t>(t.byte_size());
+    plan->constants.emplace_back(slot(name), t);
+  }
+  const KernelRegistry& registry = DefaultKernelRegistry();
+  for (const Node& node : graph.nodes) {
+    KernelInit init;
+    init.node = &node;
+    init.opset = graph.opset;
+    for (const auto& in : node.inputs) {
+      auto c = graph.initializers.find(in);
+      init.constants.push_back(c == graph.initializers.end() ? nullptr : &c->second);
+      auto vi = graph.value_info.find(in);
+      init.input_infos.push_back(vi == graph.value_info.end() ? nullptr : &vi->second);
+    }
+    QS_ASSIGN_OR_RETURN(auto kernel, registry.Create(init));
+    PlannedNode pn;
+    pn.name = node.name;
+    pn.op_type = node.op_type;
+    pn.kernel = std::move(kernel);
+    for (const auto& in : node.inputs) pn.inputs.push_back(in.empty() ? -1 : slot(in));
+    for (const auto& out : node.outputs)
+      pn.outputs.push_back(out.empty() ? -1 : slot(out));
+    plan->nodes.push_back(std::move(pn));
+  }
+  for (const auto& out : graph.outputs) plan->output_slots.push_back(slot(out.name));
+
+  // Liveness: an activation is released after its last reader, unless it is a graph
+  // output or a constant (constants are shared handles and stay alive).
+  std::vector<int> last_use(plan->num_slots, -1);
+  for (size_t i = 0; i < plan->nodes.size(); ++i) {
+    for (int s : plan->nodes[i].inputs)
+      if (s >= 0) last_use[s] = static_cast<int>(i);
+    // An output nobody reads is released right after it is produced.
+    for (int s : plan->nodes[i].outputs)
+      if (s >= 0 && last_use[s] < static_cast<int>(i)) last_use[s] = static_cast<int>(i);
+  }
+  std::vector<bool> keep(plan->num_slots, false);
+  for (int s : plan->output_slots) keep[s] = true;
+  for (const auto& c : plan->constants) keep[c.first] = true;
+  for (int s = 0; s < plan->num_slots; ++s) {
+    if (!keep[s] && last_use[s] >= 0) plan->nodes[last_use[s]].release.push_back(s);
+  }
+  plan->stats.num_nodes = static_cast<int64_t>(plan->nodes.size());
+  return plan;
+}
+
+std::unique_ptr<ExecutionContext> Session::NewContext() const {
+  auto impl = std::make_unique<ExecutionContext::Impl>();
+  for (const auto& node : plan_->nodes) impl->states.push_back(node.kernel->NewState());
+  auto ctx = std::unique_ptr<ExecutionContext>(new ExecutionContext(std::move(impl)));
+  for (const auto& node : plan_->nodes) {
+    ctx->profile_.push_back({node.name, node.op_type, 0, absl::ZeroDuration()});
+  }
+  return ctx;
+}
+
+absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inputs,
+                          std::vector<Tensor>* outputs) const {
+  const Plan& plan = *plan_;
+  if (inputs.size() != plan.inputs.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected ", plan.inputs.size(), " inputs, got ", inputs.size()));
+  }
+  std::vector<Tensor> slots(plan.num_slots);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const ValueInfo& info = plan.inputs[i];
+    const Tensor& t = inputs[i];
+    if (t.dtype() != info.dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input '", info.name, "': expected ", DataTypeName(info.dtype), ", got ",
+          DataTypeName(t.dtype())));
+    }
+    if (info.has_shape) {
+      bool ok = t.rank() == static_cast<int>(info.shape.size());
+      for (int d = 0; ok && d < t.rank(); ++d) {
+        ok = info.shape[d] < 0 || info.shape[d] == t.dim(d);
+      }
+      if (!ok) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "input '", info.name, "': expected shape ", ShapeToString(info.shape),
+            ", got ", ShapeToString(t.shape())));
+      }
+    }
+    slots[plan.input_slots[i]] = t;
+  }
+  for (const auto& [s, t] : plan.constants) slots[s] = t;
+
+  int64_t live_bytes = 0;
+  std::vector<const Tensor*> in_ptrs;
+  std::vector<Tensor> outs;
+  for (size_t n = 0; n < plan.nodes.size(); ++n) {
+    const PlannedNode& node = plan.nodes[n];
+    in_ptrs.clear();
+    for (int s : node.inputs) {
+      in_ptrs.push_back(s >= 0 && slots[s].defined() ? &slots[s] : nullptr);
+    }
+    outs.assign(node.outputs.size(), Tensor());
+    KernelRunContext kctx;
+    kctx.inputs = in_ptrs;
+    kctx.outputs = &outs;
+    kctx.state = ctx->impl_->states[n].get();
+    kctx.dnnl = &ctx->impl_->dnnl;
+    const absl::Time start = ctx->profiling_ ? absl::Now() : absl::InfinitePast();
+    absl::Status st;
+    try {
+      st = node.kernel->Run(kctx);
+    } catch (const dnnl::error& e) {
+      st = absl::InternalError(absl::StrCat("oneDNN: ", e.what()));
+    } catch (const std::bad_alloc&) {
+      st = absl::ResourceExhaustedError("out of memory");
+    }
+    if (!st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("node '", node.name, "' (",
+                                                  node.op_type, "): ", st.message()));
+    }
+    if (ctx->profiling_) {
+      ctx->profile_[n].calls++;
+      ctx->profile_[n].total += absl::Now() - start;
+    }
+    for (size_t o = 0; o < node.outputs.size(); ++o) {
+      if (node.outputs[o] < 0) continue;
+      live_bytes += static_cast<int64_t>(outs[o].byte_size());
+      slots[node.outputs[o]] = std::move(outs[o]);
+    }
+    if (live_bytes > ctx->peak_activation_bytes_) ctx->peak_activation_bytes_ = live_bytes;
+    for (int s : node.release) {
+      live_bytes -= static_cast<int64_t>(slots[s].byte_size());
+      slots[s] = Tensor();
+    }
+  }
+  outputs->clear();
+  for (size_t i = 0; i < plan.output_slots.size(); ++i) {
+    Tensor& t = slots[plan.output_slots[i]];
+    if (!t.defined()) {
+      return absl::InternalError(
+          absl::StrCat("output '", plan.outputs[i].name, "' was not produced"));
+    }
+    outputs->push_back(t);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace qs
