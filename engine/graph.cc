@@ -1,6 +1,8 @@
 #include "engine/graph.h"
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -90,8 +92,28 @@ absl::StatusOr<Tensor> TensorFromProto(const onnx::TensorProto& proto) {
     }
     shape.push_back(d);
   }
-  const int64_t n = NumElements(shape);
   const size_t elem = DataTypeSize(dtype);
+  // Element count with an overflow check: a malformed proto must not wrap the count
+  // (a shape larger than its buffer) or make us allocate before the payload is checked.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  int64_t n = 1;
+  bool overflow = false;
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) {
+    n = 0;
+  } else {
+    for (int64_t d : shape) {
+      if (n > kMax / d) {
+        overflow = true;
+        break;
+      }
+      n *= d;
+    }
+  }
+  if (overflow || n > kMax / static_cast<int64_t>(elem)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", proto.name(), "' declares shape ", ShapeToString(shape),
+        ", whose byte size overflows"));
+  }
   auto mismatch = [&](int64_t got) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor '", proto.name(), "' declares shape ", ShapeToString(shape), " (",
@@ -105,23 +127,30 @@ absl::StatusOr<Tensor> TensorFromProto(const onnx::TensorProto& proto) {
     if (n > 0) std::memcpy(t.raw_data(), proto.raw_data().data(), n * elem);
     return t;
   }
-  Tensor t(dtype, shape);
+  // The typed field's length is checked before the buffer is allocated.
+  int64_t held;
+  switch (dtype) {
+    case DataType::kFloat32: held = proto.float_data_size(); break;
+    case DataType::kFloat64: held = proto.double_data_size(); break;
+    case DataType::kInt64: held = proto.int64_data_size(); break;
+    case DataType::kUInt32:
+    case DataType::kUInt64: held = proto.uint64_data_size(); break;
+    default: held = proto.int32_data_size(); break;
+  }
+  if (held != n) return mismatch(held);
+  Tensor t = Tensor::Uninitialized(dtype, shape);
   switch (dtype) {
     case DataType::kFloat32:
-      if (proto.float_data_size() != n) return mismatch(proto.float_data_size());
       CopyTyped<float>(proto.float_data(), &t);
       break;
     case DataType::kFloat64:
-      if (proto.double_data_size() != n) return mismatch(proto.double_data_size());
       CopyTyped<double>(proto.double_data(), &t);
       break;
     case DataType::kInt64:
-      if (proto.int64_data_size() != n) return mismatch(proto.int64_data_size());
       CopyTyped<int64_t>(proto.int64_data(), &t);
       break;
     case DataType::kUInt32:
     case DataType::kUInt64:
-      if (proto.uint64_data_size() != n) return mismatch(proto.uint64_data_size());
       if (dtype == DataType::kUInt32) {
         CopyTyped<uint32_t>(proto.uint64_data(), &t);
       } else {
@@ -129,7 +158,6 @@ absl::StatusOr<Tensor> TensorFromProto(const onnx::TensorProto& proto) {
       }
       break;
     default:  // int32_data carries int8/16/32, uint8/16, bool, float16, bfloat16 bits
-      if (proto.int32_data_size() != n) return mismatch(proto.int32_data_size());
       switch (elem) {
         case 1: CopyTyped<uint8_t>(proto.int32_data(), &t); break;
         case 2: CopyTyped<uint16_t>(proto.int32_data(), &t); break;

@@ -42,6 +42,9 @@ class Attributes {
   const onnx::AttributeProto* Get(const std::string& name) const;
   // Names in sorted order (for error messages and unsupported-attribute checks).
   std::vector<std::string> Names() const;
+  // Adds or replaces the attribute named attr.name(). For graph passes that annotate
+  // nodes (e.g. a fused activation); kernels only read.
+  void Set(const onnx::AttributeProto& attr) { attrs_[attr.name()] = attr; }
 
  private:
   std::map<std::string, onnx::AttributeProto> attrs_;

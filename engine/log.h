@@ -37,10 +37,19 @@ class LogMessage {
 #define QS_LOG_LEVEL_WARNING ::qs::LogLevel::kWarning
 #define QS_LOG_LEVEL_ERROR ::qs::LogLevel::kError
 
+namespace qs {
+// Turns the stream expression into void so QS_LOG can sit in a conditional expression
+// (safe inside an unbraced if/else).
+struct LogVoidify {
+  void operator&(std::ostream&) {}
+};
+}  // namespace qs
+
 // Usage: QS_LOG(INFO) << "loaded " << name;
-#define QS_LOG(severity)                                      \
-  if (QS_LOG_LEVEL_##severity < ::qs::MinLogLevel()) {        \
-  } else                                                      \
-    ::qs::LogMessage(QS_LOG_LEVEL_##severity, __FILE__, __LINE__).stream()
+#define QS_LOG(severity)                                  \
+  (QS_LOG_LEVEL_##severity < ::qs::MinLogLevel())         \
+      ? (void)0                                           \
+      : ::qs::LogVoidify() &                              \
+            ::qs::LogMessage(QS_LOG_LEVEL_##severity, __FILE__, __LINE__).stream()
 
 #endif  // QUANTSERVE_ENGINE_LOG_H_

@@ -59,6 +59,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Compile(
     QS_RETURN_IF_ERROR(RemoveIdentityNodes(&graph));
     QS_RETURN_IF_ERROR(FoldConstants(&graph));
     QS_RETURN_IF_ERROR(FoldBatchNormIntoConv(&graph));
+    QS_RETURN_IF_ERROR(FuseConvActivation(&graph));
     QS_RETURN_IF_ERROR(EliminateDeadNodes(&graph));
     QS_ASSIGN_OR_RETURN(auto plan,
                         BuildPlan(std::move(graph), options.max_batch_size));

@@ -19,6 +19,11 @@ absl::Status FoldConstants(Graph* graph);
 // Folds BatchNormalization into a preceding Conv whose output has no other consumer.
 absl::Status FoldBatchNormIntoConv(Graph* graph);
 
+// Folds a Relu, or a Clip with constant bounds, that follows a Conv whose output has no
+// other consumer into the Conv (engine-internal attribute "qs_fused_activation", run
+// by the Conv kernel as a oneDNN post-op).
+absl::Status FuseConvActivation(Graph* graph);
+
 // Removes nodes whose outputs reach no graph output, and unused initializers.
 absl::Status EliminateDeadNodes(Graph* graph);
 

@@ -1,0 +1,310 @@
+#include "server/grpc/inference_service.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "engine/log.h"
+#include "google/protobuf/util/json_util.h"
+#include "server/config/data_type.h"
+#include "server/grpc/status_util.h"
+#include "server/grpc/tensor_codec.h"
+#include "server/version.h"
+
+namespace qs {
+namespace {
+
+grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, const absl::Status& st) {
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(st));
+  return reactor;
+}
+
+void FillTensorMetadata(const std::string& name, inference::DataType type,
+                        const google::protobuf::RepeatedField<int64_t>& dims, int max_batch,
+                        inference::ModelMetadataResponse::TensorMetadata* out) {
+  out->set_name(name);
+  out->set_datatype(std::string(DataTypeName(FromConfigDataType(type))));
+  if (max_batch > 0) out->add_shape(-1);
+  for (int64_t d : dims) out->add_shape(d);
+}
+
+void FillDuration(const Duration2& d, inference::StatisticDuration* out) {
+  out->set_count(d.count);
+  out->set_ns(d.ns);
+}
+
+}  // namespace
+
+InferenceService::InferenceService(ModelRepository* repository, const ServerState* state,
+                                   Options options)
+    : repository_(repository), state_(state), options_(options) {}
+
+InferenceService::~InferenceService() {
+  std::vector<std::thread> threads;
+  {
+    absl::MutexLock lock(&mu_);
+    threads.swap(background_);
+  }
+  for (auto& t : threads) t.join();
+}
+
+void InferenceService::RunInBackground(std::function<void()> fn) {
+  absl::MutexLock lock(&mu_);
+  background_.emplace_back(std::move(fn));
+}
+
+grpc::ServerUnaryReactor* InferenceService::ServerLive(Ctx* ctx,
+                                                       const inference::ServerLiveRequest*,
+                                                       inference::ServerLiveResponse* resp) {
+  resp->set_live(state_->live());
+  return Finish(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ServerReady(Ctx* ctx,
+                                                        const inference::ServerReadyRequest*,
+                                                        inference::ServerReadyResponse* resp) {
+  resp->set_ready(state_->ready());
+  return Finish(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelReady(Ctx* ctx,
+                                                       const inference::ModelReadyRequest* req,
+                                                       inference::ModelReadyResponse* resp) {
+  auto handle = repository_->Get(req->name(), req->version());
+  if (!handle.ok() && absl::IsNotFound(handle.status())) {
+    return Finish(ctx, handle.status());
+  }
+  resp->set_ready(handle.ok() && !state_->draining());
+  return Finish(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
+    Ctx* ctx, const inference::ServerMetadataRequest*,
+    inference::ServerMetadataResponse* resp) {
+  resp->set_name("quantserve");
+  resp->set_version(kQuantserveVersion);
+  for (const char* ext : {"model_repository", "model_configuration", "statistics",
+                          "schedule_policy", "binary_tensor_data"}) {
+    resp->add_extensions(ext);
+  }
+  return Finish(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
+    Ctx* ctx, const inference::ModelMetadataRequest* req,
+    inference::ModelMetadataResponse* resp) {
+  auto handle = repository_->Get(req->name(), req->version());
+  if (!handle.ok()) return Finish(ctx, handle.status());
+  const LoadedModel& model = *handle->model;
+  const inference::ModelConfig& config = model.config();
+  resp->set_name(model.name());
+  for (const auto& v : repository_->Versions(model.name())) resp->add_versions(v);
+  resp->set_platform(config.platform().empty() ? "onnx_onnxv1" : config.platform());
+  for (const auto& in : config.input()) {
+    FillTensorMetadata(in.name(), in.data_type(), in.dims(), config.max_batch_size(),
+                       resp->add_inputs());
+  }
+  for (const auto& out : config.output()) {
+    FillTensorMetadata(out.name(), out.data_type(), out.dims(), config.max_batch_size(),
+                       resp->add_outputs());
+  }
+  (*resp->mutable_properties())["precision"] =
+      inference::Precision_Name(config.quantization().precision());
+  return Finish(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelConfig(Ctx* ctx,
+                                                        const inference::ModelConfigRequest* req,
+                                                        inference::ModelConfigResponse* resp) {
+  auto handle = repository_->Get(req->name(), req->version());
+  if (!handle.ok()) return Finish(ctx, handle.status());
+  *resp->mutable_config() = handle->model->config();
+  return Finish(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelInfer(Ctx* ctx,
+                                                       const inference::ModelInferRequest* req,
+                                                       inference::ModelInferResponse* resp) {
+  const absl::Time received = absl::Now();
+  if (state_->draining()) {
+    return Finish(ctx, absl::UnavailableError("server is shutting down"));
+  }
+  auto handle = repository_->Get(req->model_name(), req->model_version());
+  if (!handle.ok()) return Finish(ctx, handle.status());
+  if (handle->scheduler == nullptr) {
+    return Finish(ctx, absl::UnavailableError("model has no scheduler"));
+  }
+  auto decoded = DecodeRequest(*req, *handle->model);
+  if (!decoded.ok()) {
+    return Finish(ctx, decoded.status());
+  }
+  auto request = std::make_unique<InferenceRequest>();
+  request->inputs = std::move(decoded->inputs);
+  request->batch_size = decoded->batch_size;
+  request->enqueue_time = received;
+  if (ctx->deadline() != std::chrono::system_clock::time_point::max()) {
+    request->deadline = absl::FromChrono(ctx->deadline());
+  }
+  auto timeout = req->parameters().find("timeout");
+  if (timeout != req->parameters().end()) {
+    const auto& p = timeout->second;
+    int64_t us = p.has_int64_param() ? p.int64_param()
+                                     : static_cast<int64_t>(p.uint64_param());
+    if (us < 0) return Finish(ctx, absl::InvalidArgumentError("timeout must be >= 0"));
+    if (us > 0) request->deadline = std::min(request->deadline, received + absl::Microseconds(us));
+  }
+  request->is_cancelled = [ctx] { return ctx->IsCancelled(); };
+  auto* reactor = ctx->DefaultReactor();
+  std::shared_ptr<const LoadedModel> model = handle->model;
+  request->done = [reactor, resp, model, req, indices = decoded->output_indices](
+                      absl::Status st, InferenceResult result) {
+    if (st.ok()) {
+      resp->set_model_name(model->name());
+      resp->set_model_version(absl::StrCat(model->version()));
+      resp->set_id(req->id());
+      EncodeOutputs(result.outputs, indices, *model, resp);
+    }
+    reactor->Finish(ToGrpcStatus(st));
+  };
+  absl::Status st = handle->scheduler->Enqueue(std::move(request));
+  if (!st.ok()) reactor->Finish(ToGrpcStatus(st));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
+    Ctx* ctx, const inference::ModelStatisticsRequest* req,
+    inference::ModelStatisticsResponse* resp) {
+  if (!req->name().empty()) {
+    auto handle = repository_->Get(req->name(), req->version());
+    if (!handle.ok() && absl::IsNotFound(handle.status())) return Finish(ctx, handle.status());
+  }
+  for (const ModelHandle& h : repository_->ReadyHandles()) {
+    if (!req->name().empty() && h.model->name() != req->name()) continue;
+    if (!req->version().empty() && absl::StrCat(h.model->version()) != req->version())
+      continue;
+    if (h.scheduler == nullptr) continue;
+    const ModelStatsSnapshot s = h.scheduler->stats().Snapshot();
+    auto* ms = resp->add_model_stats();
+    ms->set_name(h.model->name());
+    ms->set_version(absl::StrCat(h.model->version()));
+    ms->set_last_inference(s.last_inference_ms);
+    ms->set_inference_count(s.inference_count);
+    ms->set_execution_count(s.execution_count);
+    auto* is = ms->mutable_inference_stats();
+    FillDuration(s.success, is->mutable_success());
+    FillDuration(s.fail, is->mutable_fail());
+    FillDuration(s.queue, is->mutable_queue());
+    FillDuration(s.compute_input, is->mutable_compute_input());
+    FillDuration(s.compute_infer, is->mutable_compute_infer());
+    FillDuration(s.compute_output, is->mutable_compute_output());
+    for (const auto& [size, b] : s.batches) {
+      auto* bs = ms->add_batch_stats();
+      bs->set_batch_size(size);
+      FillDuration(b.compute_input, bs->mutable_compute_input());
+      FillDuration(b.compute_infer, bs->mutable_compute_infer());
+      FillDuration(b.compute_output, bs->mutable_compute_output());
+    }
+  }
+  return Finish(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::RepositoryIndex(
+    Ctx* ctx, const inference::RepositoryIndexRequest* req,
+    inference::RepositoryIndexResponse* resp) {
+  for (const auto& e : repository_->Index(req->ready())) {
+    auto* m = resp->add_models();
+    m->set_name(e.name);
+    m->set_version(e.version);
+    m->set_state(ModelStateName(e.state));
+    m->set_reason(e.reason);
+  }
+  return Finish(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceService::RepositoryModelLoad(
+    Ctx* ctx, const inference::RepositoryModelLoadRequest* req,
+    inference::RepositoryModelLoadResponse*) {
+  if (!options_.explicit_model_control) {
+    return Finish(ctx, absl::FailedPreconditionError(
+                           "explicit model load/unload needs --model-control-mode=explicit"));
+  }
+  std::optional<inference::ModelConfig> override_config;
+  auto it = req->parameters().find("config");
+  if (it != req->parameters().end()) {
+    inference::ModelConfig config;
+    auto st = google::protobuf::util::JsonStringToMessage(it->second.string_param(), &config);
+    if (!st.ok()) {
+      return Finish(ctx, absl::InvalidArgumentError(
+                             absl::StrCat("parameter 'config' is not a valid ModelConfig JSON: ",
+                                          st.message().ToString())));
+    }
+    override_config = std::move(config);
+  }
+  auto* reactor = ctx->DefaultReactor();
+  // Compiling a model takes seconds: never on a gRPC thread.
+  RunInBackground([this, reactor, name = req->model_name(), override_config] {
+    absl::Status st = repository_->LoadModel(name, override_config);
+    reactor->Finish(ToGrpcStatus(st));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::RepositoryModelUnload(
+    Ctx* ctx, const inference::RepositoryModelUnloadRequest* req,
+    inference::RepositoryModelUnloadResponse*) {
+  if (!options_.explicit_model_control) {
+    return Finish(ctx, absl::FailedPreconditionError(
+                           "explicit model load/unload needs --model-control-mode=explicit"));
+  }
+  return Finish(ctx, repository_->UnloadModel(req->model_name()));
+}
+
+grpc::ServerUnaryReactor* InferenceService::Unimplemented(Ctx* ctx, const char* what) {
+  return Finish(ctx, absl::UnimplementedError(absl::StrCat(
+                         what, " is not supported by quantserve; send tensors in the request "
+                               "(raw_input_contents)")));
+}
+
+grpc::ServerUnaryReactor* InferenceService::SystemSharedMemoryStatus(
+    Ctx* ctx, const inference::SystemSharedMemoryStatusRequest*,
+    inference::SystemSharedMemoryStatusResponse*) {
+  return Unimplemented(ctx, "system shared memory");
+}
+grpc::ServerUnaryReactor* InferenceService::SystemSharedMemoryRegister(
+    Ctx* ctx, const inference::SystemSharedMemoryRegisterRequest*,
+    inference::SystemSharedMemoryRegisterResponse*) {
+  return Unimplemented(ctx, "system shared memory");
+}
+grpc::ServerUnaryReactor* InferenceService::SystemSharedMemoryUnregister(
+    Ctx* ctx, const inference::SystemSharedMemoryUnregisterRequest*,
+    inference::SystemSharedMemoryUnregisterResponse*) {
+  return Unimplemented(ctx, "system shared memory");
+}
+grpc::ServerUnaryReactor* InferenceService::CudaSharedMemoryStatus(
+    Ctx* ctx, const inference::CudaSharedMemoryStatusRequest*,
+    inference::CudaSharedMemoryStatusResponse*) {
+  return Unimplemented(ctx, "CUDA shared memory");
+}
+grpc::ServerUnaryReactor* InferenceService::CudaSharedMemoryRegister(
+    Ctx* ctx, const inference::CudaSharedMemoryRegisterRequest*,
+    inference::CudaSharedMemoryRegisterResponse*) {
+  return Unimplemented(ctx, "CUDA shared memory");
+}
+grpc::ServerUnaryReactor* InferenceService::CudaSharedMemoryUnregister(
+    Ctx* ctx, const inference::CudaSharedMemoryUnregisterRequest*,
+    inference::CudaSharedMemoryUnregisterResponse*) {
+  return Unimplemented(ctx, "CUDA shared memory");
+}
+grpc::ServerUnaryReactor* InferenceService::TraceSetting(Ctx* ctx,
+                                                         const inference::TraceSettingRequest*,
+                                                         inference::TraceSettingResponse*) {
+  return Finish(ctx, absl::UnimplementedError("tracing is not supported by quantserve"));
+}
+grpc::ServerUnaryReactor* InferenceService::LogSettings(Ctx* ctx,
+                                                        const inference::LogSettingsRequest*,
+                                                        inference::LogSettingsResponse*) {
+  return Finish(ctx, absl::UnimplementedError(
+                         "log settings are set with --log-verbose at start-up"));
+}
+
+}  // namespace qs

@@ -1,0 +1,91 @@
+// inference.GRPCInferenceService on gRPC's callback API.
+//
+// Handlers never block on computation: ModelInfer validates, decodes and enqueues into
+// the model's scheduler, and the scheduler's worker finishes the call. Repository
+// load/unload (which compile models) run on a background thread.
+#ifndef QUANTSERVE_SERVER_GRPC_INFERENCE_SERVICE_H_
+#define QUANTSERVE_SERVER_GRPC_INFERENCE_SERVICE_H_
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "grpc_service.grpc.pb.h"
+#include "server/repository/model_repository.h"
+#include "server/server_state.h"
+
+namespace qs {
+
+class InferenceService final : public inference::GRPCInferenceService::CallbackService {
+ public:
+  struct Options {
+    bool explicit_model_control = false;  // RepositoryModelLoad/Unload allowed
+  };
+  // `repository` and `state` are not owned and must outlive the service.
+  InferenceService(ModelRepository* repository, const ServerState* state, Options options);
+  // Joins pending repository operations.
+  ~InferenceService() override;
+
+  using Ctx = grpc::CallbackServerContext;
+  grpc::ServerUnaryReactor* ServerLive(Ctx*, const inference::ServerLiveRequest*,
+                                       inference::ServerLiveResponse*) override;
+  grpc::ServerUnaryReactor* ServerReady(Ctx*, const inference::ServerReadyRequest*,
+                                        inference::ServerReadyResponse*) override;
+  grpc::ServerUnaryReactor* ModelReady(Ctx*, const inference::ModelReadyRequest*,
+                                       inference::ModelReadyResponse*) override;
+  grpc::ServerUnaryReactor* ServerMetadata(Ctx*, const inference::ServerMetadataRequest*,
+                                           inference::ServerMetadataResponse*) override;
+  grpc::ServerUnaryReactor* ModelMetadata(Ctx*, const inference::ModelMetadataRequest*,
+                                          inference::ModelMetadataResponse*) override;
+  grpc::ServerUnaryReactor* ModelConfig(Ctx*, const inference::ModelConfigRequest*,
+                                        inference::ModelConfigResponse*) override;
+  grpc::ServerUnaryReactor* ModelInfer(Ctx*, const inference::ModelInferRequest*,
+                                       inference::ModelInferResponse*) override;
+  grpc::ServerUnaryReactor* ModelStatistics(Ctx*, const inference::ModelStatisticsRequest*,
+                                            inference::ModelStatisticsResponse*) override;
+  grpc::ServerUnaryReactor* RepositoryIndex(Ctx*, const inference::RepositoryIndexRequest*,
+                                            inference::RepositoryIndexResponse*) override;
+  grpc::ServerUnaryReactor* RepositoryModelLoad(
+      Ctx*, const inference::RepositoryModelLoadRequest*,
+      inference::RepositoryModelLoadResponse*) override;
+  grpc::ServerUnaryReactor* RepositoryModelUnload(
+      Ctx*, const inference::RepositoryModelUnloadRequest*,
+      inference::RepositoryModelUnloadResponse*) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryStatus(
+      Ctx*, const inference::SystemSharedMemoryStatusRequest*,
+      inference::SystemSharedMemoryStatusResponse*) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryRegister(
+      Ctx*, const inference::SystemSharedMemoryRegisterRequest*,
+      inference::SystemSharedMemoryRegisterResponse*) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryUnregister(
+      Ctx*, const inference::SystemSharedMemoryUnregisterRequest*,
+      inference::SystemSharedMemoryUnregisterResponse*) override;
+  grpc::ServerUnaryReactor* CudaSharedMemoryStatus(
+      Ctx*, const inference::CudaSharedMemoryStatusRequest*,
+      inference::CudaSharedMemoryStatusResponse*) override;
+  grpc::ServerUnaryReactor* CudaSharedMemoryRegister(
+      Ctx*, const inference::CudaSharedMemoryRegisterRequest*,
+      inference::CudaSharedMemoryRegisterResponse*) override;
+  grpc::ServerUnaryReactor* CudaSharedMemoryUnregister(
+      Ctx*, const inference::CudaSharedMemoryUnregisterRequest*,
+      inference::CudaSharedMemoryUnregisterResponse*) override;
+  grpc::ServerUnaryReactor* TraceSetting(Ctx*, const inference::TraceSettingRequest*,
+                                         inference::TraceSettingResponse*) override;
+  grpc::ServerUnaryReactor* LogSettings(Ctx*, const inference::LogSettingsRequest*,
+                                        inference::LogSettingsResponse*) override;
+
+ private:
+  grpc::ServerUnaryReactor* Unimplemented(Ctx* ctx, const char* what);
+  void RunInBackground(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(mu_);
+
+  ModelRepository* repository_;
+  const ServerState* state_;
+  const Options options_;
+  absl::Mutex mu_;
+  std::vector<std::thread> background_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace qs
+
+#endif  // QUANTSERVE_SERVER_GRPC_INFERENCE_SERVICE_H_

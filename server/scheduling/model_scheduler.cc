@@ -1,0 +1,294 @@
+#include "server/scheduling/model_scheduler.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "engine/log.h"
+
+namespace qs {
+
+void WorkerTracker::Add() {
+  absl::MutexLock lock(&mu_);
+  ++live_;
+}
+
+void WorkerTracker::Remove() {
+  absl::MutexLock lock(&mu_);
+  --live_;
+}
+
+bool WorkerTracker::WaitForAll(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_ == 0; };
+  return mu_.AwaitWithDeadline(absl::Condition(&none), deadline);
+}
+
+ModelScheduler::ModelScheduler(std::shared_ptr<const void> owner, const Session* session,
+                               const inference::ModelConfig& config,
+                               const SchedulerOptions& options)
+    : owner_(std::move(owner)),
+      session_(session),
+      max_batch_size_(config.max_batch_size()),
+      max_queue_delay_(absl::Microseconds(
+          config.dynamic_batching().max_queue_delay_microseconds())),
+      max_queue_size_(config.dynamic_batching().default_queue_policy().max_queue_size()),
+      default_timeout_(absl::Microseconds(
+          config.dynamic_batching().default_queue_policy().default_timeout_microseconds())),
+      options_(options) {
+  for (int p : config.dynamic_batching().preferred_batch_size()) {
+    if (p > 0 && p <= std::max(1, max_batch_size_)) preferred_.push_back(p);
+  }
+  std::sort(preferred_.begin(), preferred_.end());
+}
+
+std::shared_ptr<ModelScheduler> ModelScheduler::Start(std::shared_ptr<const void> owner,
+                                                      const Session* session,
+                                                      const inference::ModelConfig& config,
+                                                      const SchedulerOptions& options) {
+  auto s = std::shared_ptr<ModelScheduler>(
+      new ModelScheduler(std::move(owner), session, config, options));
+  const int count = std::max(1, options.instance_count);
+  for (int i = 0; i < count; ++i) {
+    if (options.tracker) options.tracker->Add();
+    // Each worker holds a reference: the scheduler lives until every worker exits.
+    std::thread([self = s, threads = std::max(1, options.threads_per_worker)]() mutable {
+      self->WorkerLoop(threads);
+      WorkerTracker* tracker = self->options_.tracker;
+      // Drop our reference before telling the tracker, so shutdown never outruns the
+      // release of the model.
+      self.reset();
+      if (tracker) tracker->Remove();
+    }).detach();
+  }
+  return s;
+}
+
+absl::Status ModelScheduler::Enqueue(std::unique_ptr<InferenceRequest> request) {
+  if (default_timeout_ > absl::ZeroDuration()) {
+    request->deadline = std::min(request->deadline, request->enqueue_time + default_timeout_);
+  }
+  absl::MutexLock lock(&mu_);
+  if (retired_) {
+    return absl::UnavailableError("model is being unloaded; retry on another version");
+  }
+  if (max_queue_size_ > 0 && queue_.size() >= max_queue_size_) {
+    return absl::UnavailableError(
+        absl::StrCat("exceeds maximum queue size (", max_queue_size_, ")"));
+  }
+  queue_.push_back(std::move(request));
+  return absl::OkStatus();
+}
+
+void ModelScheduler::Retire() {
+  absl::MutexLock lock(&mu_);
+  retired_ = true;
+}
+
+int64_t ModelScheduler::queued() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(queue_.size());
+}
+
+bool ModelScheduler::Compatible(const InferenceRequest& a, const InferenceRequest& b) const {
+  if (a.inputs.size() != b.inputs.size()) return false;
+  for (size_t i = 0; i < a.inputs.size(); ++i) {
+    const Shape& x = a.inputs[i].shape();
+    const Shape& y = b.inputs[i].shape();
+    if (x.size() != y.size() || !std::equal(x.begin() + 1, x.end(), y.begin() + 1))
+      return false;
+  }
+  return true;
+}
+
+std::vector<std::unique_ptr<InferenceRequest>> ModelScheduler::NextBatch() {
+  std::vector<std::unique_ptr<InferenceRequest>> expired;
+  std::vector<std::unique_ptr<InferenceRequest>> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    while (true) {
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !queue_.empty() || retired_;
+      };
+      mu_.Await(absl::Condition(&has_work));
+      if (queue_.empty()) break;  // retired and drained
+      // Requests that expired or were cancelled while queued never run.
+      const absl::Time now = absl::Now();
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if ((*it)->deadline <= now || ((*it)->is_cancelled && (*it)->is_cancelled())) {
+          expired.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      if (queue_.empty()) {
+        if (!expired.empty()) break;
+        continue;
+      }
+      if (max_batch_size_ <= 0) {  // no batching: one request per execution
+        batch.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+        break;
+      }
+      // Greedy scan from the head: compatible requests up to max_batch_size.
+      int64_t available = 0;
+      size_t count = 0;
+      bool blocked = false;  // the scan stopped before the end of the queue
+      for (const auto& r : queue_) {
+        if (!Compatible(*queue_.front(), *r) || available + r->batch_size > max_batch_size_) {
+          blocked = true;
+          break;
+        }
+        available += r->batch_size;
+        ++count;
+      }
+      const bool delay_over =
+          now >= queue_.front()->enqueue_time + max_queue_delay_ || retired_;
+      const bool send_now = available >= max_batch_size_ || blocked || delay_over;
+      // Triton's rule: send the largest batch possible once the delay is over (or no
+      // bigger batch can form); before that, only at the largest preferred size
+      // reachable.
+      int64_t target = 0;
+      if (send_now) {
+        target = available;
+      } else {
+        for (int64_t p : preferred_)
+          if (p <= available) target = p;
+      }
+      if (target > 0) {
+        int64_t taken = 0;
+        while (count-- > 0 && taken + queue_.front()->batch_size <= target) {
+          taken += queue_.front()->batch_size;
+          batch.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+        if (batch.empty()) {  // a single request larger than the preferred target
+          batch.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+        break;
+      }
+      if (!expired.empty()) break;  // complete those first, then come back
+      // Wait for more requests or for the oldest request's delay to run out.
+      const size_t seen = queue_.size();
+      auto grew = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return queue_.size() != seen || retired_;
+      };
+      absl::Time wake = queue_.front()->enqueue_time + max_queue_delay_;
+      for (const auto& r : queue_) wake = std::min(wake, r->deadline);
+      mu_.AwaitWithDeadline(absl::Condition(&grew), wake);
+    }
+  }
+  for (auto& r : expired) {
+    const bool cancelled = r->is_cancelled && r->is_cancelled();
+    stats_.RecordFailure(absl::Now() - r->enqueue_time);
+    r->done(cancelled ? absl::CancelledError("request cancelled while queued")
+                      : absl::DeadlineExceededError(
+                            "request timed out in the queue before it could run"),
+            InferenceResult());
+  }
+  return batch;
+}
+
+void ModelScheduler::WorkerLoop(int threads) {
+  omp_set_num_threads(threads);
+  // The context (oneDNN stream, cached primitives) is created on this thread and only
+  // used here.
+  std::unique_ptr<ExecutionContext> ctx = session_->NewContext();
+  while (true) {
+    auto batch = NextBatch();
+    if (batch.empty()) {
+      absl::MutexLock lock(&mu_);
+      if (retired_ && queue_.empty()) break;
+      continue;
+    }
+    Execute(ctx.get(), std::move(batch));
+  }
+}
+
+namespace {
+
+// Concatenates the i-th input of every request along dimension 0.
+Tensor Concat(const std::vector<std::unique_ptr<InferenceRequest>>& batch, size_t i,
+              int64_t total) {
+  const Tensor& first = batch[0]->inputs[i];
+  Shape shape = first.shape();
+  shape[0] = total;
+  Tensor out = Tensor::Uninitialized(first.dtype(), shape);
+  char* dst = static_cast<char*>(out.raw_data());
+  for (const auto& r : batch) {
+    const Tensor& t = r->inputs[i];
+    std::memcpy(dst, t.raw_data(), t.byte_size());
+    dst += t.byte_size();
+  }
+  return out;
+}
+
+}  // namespace
+
+void ModelScheduler::Execute(ExecutionContext* ctx,
+                             std::vector<std::unique_ptr<InferenceRequest>> batch) {
+  const absl::Time start = absl::Now();
+  int64_t total = 0;
+  for (const auto& r : batch) total += r->batch_size;
+  std::vector<Tensor> inputs;
+  if (batch.size() == 1) {
+    inputs = batch[0]->inputs;
+  } else {
+    for (size_t i = 0; i < batch[0]->inputs.size(); ++i)
+      inputs.push_back(Concat(batch, i, total));
+  }
+  const absl::Time infer_start = absl::Now();
+  std::vector<Tensor> outputs;
+  absl::Status st = session_->Run(ctx, inputs, &outputs);
+  const absl::Time infer_end = absl::Now();
+  InferenceTimings exec;
+  exec.compute_input = infer_start - start;
+  exec.compute_infer = infer_end - infer_start;
+  int64_t offset = 0;
+  for (auto& r : batch) {
+    InferenceResult result;
+    result.executed_batch_size = total;
+    result.timings = exec;
+    result.timings.queue = start - r->enqueue_time;
+    absl::Status rs = st;
+    if (rs.ok()) {
+      for (const Tensor& out : outputs) {
+        if (batch.size() == 1) {
+          result.outputs.push_back(out);
+          continue;
+        }
+        // A view into the batch output: no copy, the buffer is shared.
+        if (out.rank() == 0 || out.dim(0) != total) {
+          rs = absl::InternalError(
+              "model output has no batch dimension matching the batched inputs");
+          break;
+        }
+        Shape shape = out.shape();
+        shape[0] = r->batch_size;
+        const size_t row = out.byte_size() / static_cast<size_t>(total);
+        auto owner = std::make_shared<Tensor>(out);
+        void* data = static_cast<char*>(owner->raw_data()) + row * offset;
+        result.outputs.push_back(Tensor::Wrap(out.dtype(), shape, data, owner));
+      }
+    }
+    offset += r->batch_size;
+    const absl::Time out_end = absl::Now();
+    result.timings.compute_output = out_end - infer_end;
+    if (rs.ok()) {
+      stats_.RecordSuccess(r->batch_size, out_end - r->enqueue_time, result.timings);
+    } else {
+      stats_.RecordFailure(out_end - r->enqueue_time);
+    }
+    r->done(rs, std::move(result));
+  }
+  exec.compute_output = absl::Now() - infer_end;
+  if (st.ok()) stats_.RecordExecution(total, exec);
+}
+
+}  // namespace qs

@@ -1,0 +1,92 @@
+// The per model-version dynamic batcher and its worker threads (Triton's semantics:
+// see docs/architecture.md).
+//
+// Threads: `instance_count` workers, each owning one engine ExecutionContext created on
+// that thread and an OpenMP team of `threads_per_worker`. Enqueue() never blocks on
+// computation; it only takes the queue lock.
+//
+// Lifetime: Start() returns a shared handle; workers hold their own reference, so the
+// scheduler (and the model it pins) lives until Retire() has been called and every
+// worker has drained the queue and exited. Retire() is idempotent.
+#ifndef QUANTSERVE_SERVER_SCHEDULING_MODEL_SCHEDULER_H_
+#define QUANTSERVE_SERVER_SCHEDULING_MODEL_SCHEDULER_H_
+
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/session.h"
+#include "model_config.pb.h"
+#include "server/scheduling/inference_request.h"
+#include "server/scheduling/model_stats.h"
+
+namespace qs {
+
+// Counts live worker threads across all schedulers so shutdown can wait for them.
+class WorkerTracker {
+ public:
+  void Add() ABSL_LOCKS_EXCLUDED(mu_);
+  void Remove() ABSL_LOCKS_EXCLUDED(mu_);
+  // True if every worker exited before `deadline`.
+  bool WaitForAll(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  absl::Mutex mu_;
+  int live_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+struct SchedulerOptions {
+  int instance_count = 1;
+  int threads_per_worker = 1;
+  WorkerTracker* tracker = nullptr;  // optional, must outlive the workers
+};
+
+class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
+ public:
+  // `session` and `config` must outlive the scheduler: the caller passes an owner that
+  // keeps them alive (`owner`), which the scheduler holds until its workers exit.
+  static std::shared_ptr<ModelScheduler> Start(std::shared_ptr<const void> owner,
+                                               const Session* session,
+                                               const inference::ModelConfig& config,
+                                               const SchedulerOptions& options);
+
+  // Queues `request`. Unavailable when the queue is full (max_queue_size) or the
+  // scheduler is retired; the request's callback is then NOT called.
+  absl::Status Enqueue(std::unique_ptr<InferenceRequest> request) ABSL_LOCKS_EXCLUDED(mu_);
+  // Stops accepting requests; queued ones still run. Idempotent, non-blocking.
+  void Retire() ABSL_LOCKS_EXCLUDED(mu_);
+
+  int64_t queued() const ABSL_LOCKS_EXCLUDED(mu_);
+  const ModelStats& stats() const { return stats_; }
+  int max_batch_size() const { return max_batch_size_; }
+
+ private:
+  ModelScheduler(std::shared_ptr<const void> owner, const Session* session,
+                 const inference::ModelConfig& config, const SchedulerOptions& options);
+  void WorkerLoop(int threads);
+  // Takes the next batch off the queue; empty when retired and drained.
+  std::vector<std::unique_ptr<InferenceRequest>> NextBatch() ABSL_LOCKS_EXCLUDED(mu_);
+  void Execute(ExecutionContext* ctx, std::vector<std::unique_ptr<InferenceRequest>> batch);
+  bool Compatible(const InferenceRequest& a, const InferenceRequest& b) const;
+
+  std::shared_ptr<const void> owner_;
+  const Session* session_;
+  const int max_batch_size_;
+  std::vector<int64_t> preferred_;  // ascending
+  const absl::Duration max_queue_delay_;
+  const uint32_t max_queue_size_;
+  const absl::Duration default_timeout_;
+  SchedulerOptions options_;
+  ModelStats stats_;
+
+  mutable absl::Mutex mu_;
+  std::deque<std::unique_ptr<InferenceRequest>> queue_ ABSL_GUARDED_BY(mu_);
+  bool retired_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace qs
+
+#endif  // QUANTSERVE_SERVER_SCHEDULING_MODEL_SCHEDULER_H_
