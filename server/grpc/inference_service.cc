@@ -134,8 +134,10 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(Ctx* ctx,
   if (handle->scheduler == nullptr) {
     return Finish(ctx, absl::UnavailableError("model has no scheduler"));
   }
+  InferenceObserver* observer = handle->scheduler->observer();
   auto decoded = DecodeRequest(*req, *handle->model);
   if (!decoded.ok()) {
+    if (observer) observer->OnFailure(FailureReason::kInvalid, absl::Now() - received);
     return Finish(ctx, decoded.status());
   }
   auto request = std::make_unique<InferenceRequest>();
@@ -167,7 +169,10 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(Ctx* ctx,
     reactor->Finish(ToGrpcStatus(st));
   };
   absl::Status st = handle->scheduler->Enqueue(std::move(request));
-  if (!st.ok()) reactor->Finish(ToGrpcStatus(st));
+  if (!st.ok()) {
+    if (observer) observer->OnFailure(FailureReason::kRejected, absl::Now() - received);
+    reactor->Finish(ToGrpcStatus(st));
+  }
   return reactor;
 }
 

@@ -12,6 +12,19 @@
 
 namespace qs {
 
+FailureReason FailureReasonFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kResourceExhausted: return FailureReason::kRejected;
+    case absl::StatusCode::kCancelled: return FailureReason::kCancelled;
+    case absl::StatusCode::kDeadlineExceeded: return FailureReason::kTimeout;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kFailedPrecondition: return FailureReason::kInvalid;
+    default: return FailureReason::kInternal;
+  }
+}
+
 void WorkerTracker::Add() {
   absl::MutexLock lock(&mu_);
   ++live_;
@@ -81,6 +94,7 @@ absl::Status ModelScheduler::Enqueue(std::unique_ptr<InferenceRequest> request) 
         absl::StrCat("exceeds maximum queue size (", max_queue_size_, ")"));
   }
   queue_.push_back(std::move(request));
+  if (options_.observer) options_.observer->OnQueueDepth(static_cast<int64_t>(queue_.size()));
   return absl::OkStatus();
 }
 
@@ -183,10 +197,16 @@ std::vector<std::unique_ptr<InferenceRequest>> ModelScheduler::NextBatch() {
       for (const auto& r : queue_) wake = std::min(wake, r->deadline);
       mu_.AwaitWithDeadline(absl::Condition(&grew), wake);
     }
+    if (options_.observer) options_.observer->OnQueueDepth(static_cast<int64_t>(queue_.size()));
   }
   for (auto& r : expired) {
     const bool cancelled = r->is_cancelled && r->is_cancelled();
     stats_.RecordFailure(absl::Now() - r->enqueue_time);
+    if (options_.observer) {
+      options_.observer->OnFailure(
+          cancelled ? FailureReason::kCancelled : FailureReason::kTimeout,
+          absl::Now() - r->enqueue_time);
+    }
     r->done(cancelled ? absl::CancelledError("request cancelled while queued")
                       : absl::DeadlineExceededError(
                             "request timed out in the queue before it could run"),
@@ -243,10 +263,13 @@ void ModelScheduler::Execute(ExecutionContext* ctx,
     for (size_t i = 0; i < batch[0]->inputs.size(); ++i)
       inputs.push_back(Concat(batch, i, total));
   }
+  InferenceObserver* observer = options_.observer.get();
+  if (observer) observer->OnInFlight(static_cast<int64_t>(batch.size()));
   const absl::Time infer_start = absl::Now();
   std::vector<Tensor> outputs;
   absl::Status st = session_->Run(ctx, inputs, &outputs);
   const absl::Time infer_end = absl::Now();
+  if (observer && st.ok()) observer->OnOutputs(inputs, outputs);
   InferenceTimings exec;
   exec.compute_input = infer_start - start;
   exec.compute_infer = infer_end - infer_start;
@@ -282,13 +305,19 @@ void ModelScheduler::Execute(ExecutionContext* ctx,
     result.timings.compute_output = out_end - infer_end;
     if (rs.ok()) {
       stats_.RecordSuccess(r->batch_size, out_end - r->enqueue_time, result.timings);
+      if (observer) observer->OnSuccess(r->batch_size, out_end - r->enqueue_time, result.timings);
     } else {
       stats_.RecordFailure(out_end - r->enqueue_time);
+      if (observer) observer->OnFailure(FailureReasonFor(rs), out_end - r->enqueue_time);
     }
     r->done(rs, std::move(result));
   }
   exec.compute_output = absl::Now() - infer_end;
-  if (st.ok()) stats_.RecordExecution(total, exec);
+  if (st.ok()) {
+    stats_.RecordExecution(total, exec);
+    if (observer) observer->OnExecution(total, exec);
+  }
+  if (observer) observer->OnInFlight(-static_cast<int64_t>(batch.size()));
 }
 
 }  // namespace qs

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/session.h"
 #include "model_config.pb.h"
+#include "server/scheduling/inference_observer.h"
 #include "server/scheduling/inference_request.h"
 #include "server/scheduling/model_stats.h"
 
@@ -42,6 +43,7 @@ struct SchedulerOptions {
   int instance_count = 1;
   int threads_per_worker = 1;
   WorkerTracker* tracker = nullptr;  // optional, must outlive the workers
+  std::shared_ptr<InferenceObserver> observer;  // optional (metrics)
 };
 
 class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
@@ -61,6 +63,8 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
 
   int64_t queued() const ABSL_LOCKS_EXCLUDED(mu_);
   const ModelStats& stats() const { return stats_; }
+  // Null when no observer was configured.
+  InferenceObserver* observer() const { return options_.observer.get(); }
   int max_batch_size() const { return max_batch_size_; }
 
  private:
