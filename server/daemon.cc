@@ -13,6 +13,7 @@
 #include "server/grpc/health_service.h"
 #include "server/grpc/inference_service.h"
 #include "server/repository/model_repository.h"
+#include "server/repository/warmup.h"
 #include "server/server_state.h"
 
 namespace qs {
@@ -92,6 +93,9 @@ absl::Status Daemon::Start() {
           QS_LOG(WARNING) << "model '" << model->name() << "': " << instances
                           << " instances on " << cpus << " CPUs oversubscribe the cores";
         }
+        auto warmup = BuildWarmupSets(*model, model->model_dir());
+        if (!warmup.ok()) return warmup.status();
+        so.warmup = *std::move(warmup);
         return ModelScheduler::Start(model, &model->session(), model->config(), so);
       });
 

@@ -48,10 +48,63 @@ std::vector<int64_t> ContiguousStrides(const Shape& shape) {
   return s;
 }
 
+// A transpose-like copy whose innermost output dim is strided in the source while
+// dim `c` is the source-contiguous one: copies 2-D tiles over (c, last) so both the
+// source lines and the destination lines of a tile stay in L1.
+template <typename T>
+void CopyTiled(const T* src, const std::vector<int64_t>& dims,
+               const std::vector<int64_t>& strides, int c, T* dst) {
+  constexpr int64_t kTile = 32;
+  const int r = static_cast<int>(dims.size());
+  std::vector<int64_t> out_strides(r);
+  int64_t s = 1;
+  for (int d = r - 1; d >= 0; --d) {
+    out_strides[d] = s;
+    s *= dims[d];
+  }
+  const int64_t nc = dims[c], nl = dims[r - 1];
+  const int64_t dc = out_strides[c], sl = strides[r - 1];
+  // Odometer over every dim except c and the last.
+  std::vector<int> outer;
+  for (int d = 0; d < r - 1; ++d) {
+    if (d != c) outer.push_back(d);
+  }
+  std::vector<int64_t> idx(outer.size(), 0);
+  int64_t so = 0, dof = 0;
+  const int64_t blocks = NumElements(dims) / (nc * nl);
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t i0 = 0; i0 < nc; i0 += kTile) {
+      const int64_t i1 = std::min(nc, i0 + kTile);
+      for (int64_t j0 = 0; j0 < nl; j0 += kTile) {
+        const int64_t j1 = std::min(nl, j0 + kTile);
+        for (int64_t i = i0; i < i1; ++i) {
+          const T* sp = src + so + i;
+          T* dp = dst + dof + i * dc;
+          for (int64_t j = j0; j < j1; ++j) dp[j] = sp[j * sl];
+        }
+      }
+    }
+    for (int k = static_cast<int>(outer.size()) - 1; k >= 0; --k) {
+      const int d = outer[k];
+      so += strides[d];
+      dof += out_strides[d];
+      if (++idx[k] < dims[d]) break;
+      so -= strides[d] * dims[d];
+      dof -= out_strides[d] * dims[d];
+      idx[k] = 0;
+    }
+  }
+}
+
 template <typename T>
 void CopyRuns(const T* src, const std::vector<int64_t>& dims,
               const std::vector<int64_t>& strides, T* dst) {
   const int r = static_cast<int>(dims.size());
+  if (strides[r - 1] != 1 && strides[r - 1] != 0 && dims[r - 1] >= 8) {
+    for (int c = r - 2; c >= 0; --c) {
+      if (strides[c] == 1 && dims[c] >= 8) return CopyTiled(src, dims, strides, c, dst);
+    }
+  }
   const int64_t n = dims[r - 1];
   const int64_t s = strides[r - 1];
   const int64_t rows = NumElements(dims) / n;
@@ -337,6 +390,14 @@ FactoryResult MakeDropout(const KernelInit& init) {
 FactoryResult MakeTranspose(const KernelInit& init) {
   const bool has_perm = init.node->attrs.Has("perm");
   const std::vector<int64_t> perm_attr = init.node->attrs.GetInts("perm");
+  std::vector<int64_t> sorted = perm_attr;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    if (sorted[i] != static_cast<int64_t>(i)) {
+      return NodeError(*init.node, "perm ", ShapeToString(perm_attr),
+                       " is not a permutation");
+    }
+  }
   return MakeKernel([=](KernelRunContext& ctx) -> absl::Status {
     QS_REQUIRE_INPUT(x, ctx, 0);
     const int rank = x->rank();
@@ -525,15 +586,20 @@ FactoryResult MakeSlice(const KernelInit& init) {
       } else if (step > 0) {
         start = std::clamp<int64_t>(start, 0, dim);
         end = std::clamp<int64_t>(end, 0, dim);
-        count = end > start ? (end - start + step - 1) / step : 0;
+        count = end > start ? (end - start - 1) / step + 1 : 0;
       } else {
         start = std::clamp<int64_t>(start, 0, dim - 1);
         end = std::clamp<int64_t>(end, -1, dim - 1);
-        count = start > end ? (start - end + (-step) - 1) / (-step) : 0;
+        // |step| as unsigned: -INT64_MIN does not fit in int64.
+        const uint64_t mag = uint64_t{0} - static_cast<uint64_t>(step);
+        count = start > end
+                    ? static_cast<int64_t>(static_cast<uint64_t>(start - end - 1) / mag) + 1
+                    : 0;
       }
       out_shape[axis] = count;
       if (count > 0) offset += start * in_strides[axis];
-      strides[axis] = in_strides[axis] * step;
+      // A single element never steps (and a huge step times the stride could overflow).
+      strides[axis] = count > 1 ? in_strides[axis] * step : in_strides[axis];
     }
     if (NumElements(out_shape) == 0) offset = 0;
     (*ctx.outputs)[0] = GatherStrided(*x, out_shape, strides, offset);

@@ -1,5 +1,7 @@
 #include "server/grpc/inference_service.h"
 
+#include <deque>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -122,58 +124,175 @@ grpc::ServerUnaryReactor* InferenceService::ModelConfig(Ctx* ctx,
   return Finish(ctx, absl::OkStatus());
 }
 
-grpc::ServerUnaryReactor* InferenceService::ModelInfer(Ctx* ctx,
-                                                       const inference::ModelInferRequest* req,
-                                                       inference::ModelInferResponse* resp) {
-  const absl::Time received = absl::Now();
-  if (state_->draining()) {
-    return Finish(ctx, absl::UnavailableError("server is shutting down"));
-  }
-  auto handle = repository_->Get(req->model_name(), req->model_version());
-  if (!handle.ok()) return Finish(ctx, handle.status());
-  if (handle->scheduler == nullptr) {
-    return Finish(ctx, absl::UnavailableError("model has no scheduler"));
-  }
+absl::Status InferenceService::SubmitInference(
+    const inference::ModelInferRequest& req, absl::Time received, absl::Time deadline,
+    std::function<bool()> is_cancelled, inference::ModelInferResponse* resp,
+    std::function<void(absl::Status)> done) {
+  if (state_->draining()) return absl::UnavailableError("server is shutting down");
+  auto handle = repository_->Get(req.model_name(), req.model_version());
+  if (!handle.ok()) return handle.status();
+  if (handle->scheduler == nullptr) return absl::UnavailableError("model has no scheduler");
   InferenceObserver* observer = handle->scheduler->observer();
-  auto decoded = DecodeRequest(*req, *handle->model);
+  auto decoded = DecodeRequest(req, *handle->model);
   if (!decoded.ok()) {
     if (observer) observer->OnFailure(FailureReason::kInvalid, absl::Now() - received);
-    return Finish(ctx, decoded.status());
+    return decoded.status();
   }
   auto request = std::make_unique<InferenceRequest>();
   request->inputs = std::move(decoded->inputs);
   request->batch_size = decoded->batch_size;
   request->enqueue_time = received;
-  if (ctx->deadline() != std::chrono::system_clock::time_point::max()) {
-    request->deadline = absl::FromChrono(ctx->deadline());
-  }
-  auto timeout = req->parameters().find("timeout");
-  if (timeout != req->parameters().end()) {
+  request->deadline = deadline;
+  auto timeout = req.parameters().find("timeout");
+  if (timeout != req.parameters().end()) {
     const auto& p = timeout->second;
-    int64_t us = p.has_int64_param() ? p.int64_param()
-                                     : static_cast<int64_t>(p.uint64_param());
-    if (us < 0) return Finish(ctx, absl::InvalidArgumentError("timeout must be >= 0"));
-    if (us > 0) request->deadline = std::min(request->deadline, received + absl::Microseconds(us));
+    const int64_t us = p.has_int64_param() ? p.int64_param()
+                                           : static_cast<int64_t>(p.uint64_param());
+    if (us < 0) return absl::InvalidArgumentError("parameter 'timeout' must be >= 0");
+    // Triton's semantics: microseconds; it can only shorten the deadline.
+    if (us > 0) {
+      request->deadline = std::min(request->deadline, received + absl::Microseconds(us));
+    }
   }
-  request->is_cancelled = [ctx] { return ctx->IsCancelled(); };
-  auto* reactor = ctx->DefaultReactor();
+  request->is_cancelled = std::move(is_cancelled);
   std::shared_ptr<const LoadedModel> model = handle->model;
-  request->done = [reactor, resp, model, req, indices = decoded->output_indices](
-                      absl::Status st, InferenceResult result) {
+  request->done = [resp, model, id = req.id(), indices = decoded->output_indices,
+                   done = std::move(done)](absl::Status st, InferenceResult result) {
     if (st.ok()) {
       resp->set_model_name(model->name());
       resp->set_model_version(absl::StrCat(model->version()));
-      resp->set_id(req->id());
+      resp->set_id(id);
       EncodeOutputs(result.outputs, indices, *model, resp);
     }
-    reactor->Finish(ToGrpcStatus(st));
+    done(st);
   };
   absl::Status st = handle->scheduler->Enqueue(std::move(request));
-  if (!st.ok()) {
-    if (observer) observer->OnFailure(FailureReason::kRejected, absl::Now() - received);
-    reactor->Finish(ToGrpcStatus(st));
+  if (!st.ok() && observer) {
+    observer->OnFailure(FailureReason::kRejected, absl::Now() - received);
   }
+  return st;
+}
+
+grpc::ServerUnaryReactor* InferenceService::ModelInfer(Ctx* ctx,
+                                                       const inference::ModelInferRequest* req,
+                                                       inference::ModelInferResponse* resp) {
+  const absl::Time received = absl::Now();
+  absl::Time deadline = absl::InfiniteFuture();
+  if (ctx->deadline() != std::chrono::system_clock::time_point::max()) {
+    deadline = absl::FromChrono(ctx->deadline());
+  }
+  auto* reactor = ctx->DefaultReactor();
+  absl::Status st = SubmitInference(
+      *req, received, deadline, [ctx] { return ctx->IsCancelled(); }, resp,
+      [reactor](absl::Status done) { reactor->Finish(ToGrpcStatus(done)); });
+  if (!st.ok()) reactor->Finish(ToGrpcStatus(st));
   return reactor;
+}
+
+namespace {
+
+// One ModelStreamInfer call: every request read is submitted as it arrives; responses
+// are written in completion order (matched by id), one write in flight at a time. An
+// error answers that request with error_message and keeps the stream open. Finish is
+// called once the client half-closed and every submitted request has been answered.
+class StreamInferReactor final
+    : public grpc::ServerBidiReactor<inference::ModelInferRequest,
+                                     inference::ModelStreamInferResponse> {
+ public:
+  StreamInferReactor(InferenceService* service, grpc::CallbackServerContext* ctx)
+      : service_(service), ctx_(ctx) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      absl::MutexLock lock(&mu_);
+      reads_done_ = true;
+      MaybeFinishLocked();
+      return;
+    }
+    auto response = std::make_unique<inference::ModelStreamInferResponse>();
+    auto* infer = response->mutable_infer_response();
+    infer->set_id(request_.id());  // so an error response still carries the id
+    auto* raw = response.release();
+    {
+      absl::MutexLock lock(&mu_);
+      ++outstanding_;
+    }
+    absl::Time deadline = absl::InfiniteFuture();
+    if (ctx_->deadline() != std::chrono::system_clock::time_point::max()) {
+      deadline = absl::FromChrono(ctx_->deadline());
+    }
+    grpc::CallbackServerContext* ctx = ctx_;
+    absl::Status st = service_->SubmitInference(
+        request_, absl::Now(), deadline, [ctx] { return ctx->IsCancelled(); }, infer,
+        [this, raw](absl::Status done) { Complete(raw, done); });
+    if (!st.ok()) Complete(raw, st);
+    StartRead(&request_);  // the submitted request no longer needs request_
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) write_failed_ = true;
+    WriteNextLocked();
+    MaybeFinishLocked();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Complete(inference::ModelStreamInferResponse* raw, const absl::Status& st) {
+    std::unique_ptr<inference::ModelStreamInferResponse> response(raw);
+    if (!st.ok()) {
+      const std::string id = response->infer_response().id();
+      response->Clear();
+      response->set_error_message(std::string(st.message()));
+      response->mutable_infer_response()->set_id(id);
+    }
+    absl::MutexLock lock(&mu_);
+    pending_.push_back(std::move(response));
+    --outstanding_;
+    WriteNextLocked();
+    MaybeFinishLocked();
+  }
+
+  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || pending_.empty()) return;
+    if (write_failed_) {
+      pending_.clear();
+      return;
+    }
+    current_ = std::move(pending_.front());
+    pending_.pop_front();
+    writing_ = true;
+    StartWrite(current_.get());
+  }
+
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || !reads_done_ || outstanding_ > 0 || writing_ || !pending_.empty()) return;
+    finished_ = true;
+    Finish(grpc::Status::OK);
+  }
+
+  InferenceService* service_;
+  grpc::CallbackServerContext* ctx_;
+  inference::ModelInferRequest request_;
+  absl::Mutex mu_;
+  int outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<std::unique_ptr<inference::ModelStreamInferResponse>> pending_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<inference::ModelStreamInferResponse> current_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<inference::ModelInferRequest, inference::ModelStreamInferResponse>*
+InferenceService::ModelStreamInfer(Ctx* ctx) {
+  return new StreamInferReactor(this, ctx);
 }
 
 grpc::ServerUnaryReactor* InferenceService::ModelStatistics(

@@ -42,6 +42,8 @@ class InferenceService final : public inference::GRPCInferenceService::CallbackS
                                         inference::ModelConfigResponse*) override;
   grpc::ServerUnaryReactor* ModelInfer(Ctx*, const inference::ModelInferRequest*,
                                        inference::ModelInferResponse*) override;
+  grpc::ServerBidiReactor<inference::ModelInferRequest, inference::ModelStreamInferResponse>*
+  ModelStreamInfer(Ctx* ctx) override;
   grpc::ServerUnaryReactor* ModelStatistics(Ctx*, const inference::ModelStatisticsRequest*,
                                             inference::ModelStatisticsResponse*) override;
   grpc::ServerUnaryReactor* RepositoryIndex(Ctx*, const inference::RepositoryIndexRequest*,
@@ -74,6 +76,15 @@ class InferenceService final : public inference::GRPCInferenceService::CallbackS
                                          inference::TraceSettingResponse*) override;
   grpc::ServerUnaryReactor* LogSettings(Ctx*, const inference::LogSettingsRequest*,
                                         inference::LogSettingsResponse*) override;
+
+ // Validates, decodes and enqueues `req` (shared by ModelInfer and ModelStreamInfer).
+  // An error before enqueueing is returned and `done` is not called; otherwise `done`
+  // is called exactly once, on a worker thread, after `resp` was filled on success.
+  // `req` may be destroyed once this returns.
+  absl::Status SubmitInference(const inference::ModelInferRequest& req, absl::Time received,
+                               absl::Time deadline, std::function<bool()> is_cancelled,
+                               inference::ModelInferResponse* resp,
+                               std::function<void(absl::Status)> done);
 
  private:
   grpc::ServerUnaryReactor* Unimplemented(Ctx* ctx, const char* what);

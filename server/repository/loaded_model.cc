@@ -57,6 +57,7 @@ absl::StatusOr<std::shared_ptr<LoadedModel>> LoadedModel::Load(ModelLoadRequest 
   model->name_ = request.name;
   model->version_ = request.version;
   model->model_path_ = path;
+  model->model_dir_ = request.model_dir;
   model->config_ = std::move(request.config);
   model->session_ = *std::move(session);
   model->load_duration_ = absl::Now() - start;

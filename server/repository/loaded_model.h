@@ -35,6 +35,7 @@ class LoadedModel {
   const std::string& name() const { return name_; }
   int64_t version() const { return version_; }
   const std::string& model_path() const { return model_path_; }
+  const std::string& model_dir() const { return model_dir_; }
   const inference::ModelConfig& config() const { return config_; }
   const Session& session() const { return *session_; }
   absl::Duration load_duration() const { return load_duration_; }
@@ -44,6 +45,7 @@ class LoadedModel {
   std::string name_;
   int64_t version_ = 0;
   std::string model_path_;
+  std::string model_dir_;
   inference::ModelConfig config_;
   std::unique_ptr<Session> session_;
   absl::Duration load_duration_;

@@ -59,24 +59,34 @@ ModelScheduler::ModelScheduler(std::shared_ptr<const void> owner, const Session*
   std::sort(preferred_.begin(), preferred_.end());
 }
 
-std::shared_ptr<ModelScheduler> ModelScheduler::Start(std::shared_ptr<const void> owner,
-                                                      const Session* session,
-                                                      const inference::ModelConfig& config,
-                                                      const SchedulerOptions& options) {
+absl::StatusOr<std::shared_ptr<ModelScheduler>> ModelScheduler::Start(
+    std::shared_ptr<const void> owner, const Session* session,
+    const inference::ModelConfig& config, const SchedulerOptions& options) {
   auto s = std::shared_ptr<ModelScheduler>(
       new ModelScheduler(std::move(owner), session, config, options));
   const int count = std::max(1, options.instance_count);
+  absl::BlockingCounter warmed(count);
   for (int i = 0; i < count; ++i) {
     if (options.tracker) options.tracker->Add();
     // Each worker holds a reference: the scheduler lives until every worker exits.
-    std::thread([self = s, threads = std::max(1, options.threads_per_worker)]() mutable {
-      self->WorkerLoop(threads);
+    std::thread([self = s, threads = std::max(1, options.threads_per_worker), &warmed]() mutable {
+      self->WorkerLoop(threads, &warmed);
       WorkerTracker* tracker = self->options_.tracker;
       // Drop our reference before telling the tracker, so shutdown never outruns the
       // release of the model.
       self.reset();
       if (tracker) tracker->Remove();
     }).detach();
+  }
+  warmed.Wait();
+  absl::Status st;
+  {
+    absl::MutexLock lock(&s->mu_);
+    st = s->warmup_status_;
+  }
+  if (!st.ok()) {
+    s->Retire();
+    return st;
   }
   return s;
 }
@@ -215,11 +225,24 @@ std::vector<std::unique_ptr<InferenceRequest>> ModelScheduler::NextBatch() {
   return batch;
 }
 
-void ModelScheduler::WorkerLoop(int threads) {
+void ModelScheduler::WorkerLoop(int threads, absl::BlockingCounter* warmed) {
   omp_set_num_threads(threads);
   // The context (oneDNN stream, cached primitives) is created on this thread and only
-  // used here.
+  // used here; warming it builds the primitives for the warmup shapes.
   std::unique_ptr<ExecutionContext> ctx = session_->NewContext();
+  for (const auto& inputs : options_.warmup) {
+    std::vector<Tensor> outputs;
+    absl::Status st = session_->Run(ctx.get(), inputs, &outputs);
+    if (!st.ok()) {
+      absl::MutexLock lock(&mu_);
+      if (warmup_status_.ok()) {
+        warmup_status_ = absl::FailedPreconditionError(
+            absl::StrCat("warmup failed: ", st.message()));
+      }
+      break;
+    }
+  }
+  warmed->DecrementCount();  // `warmed` must not be touched after this line
   while (true) {
     auto batch = NextBatch();
     if (batch.empty()) {

@@ -17,6 +17,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/session.h"
 #include "model_config.pb.h"
@@ -44,13 +45,18 @@ struct SchedulerOptions {
   int threads_per_worker = 1;
   WorkerTracker* tracker = nullptr;  // optional, must outlive the workers
   std::shared_ptr<InferenceObserver> observer;  // optional (metrics)
+  // Input sets every worker runs on its own context before Start returns (see
+  // server/repository/warmup.h).
+  std::vector<std::vector<Tensor>> warmup;
 };
 
 class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
  public:
   // `session` and `config` must outlive the scheduler: the caller passes an owner that
   // keeps them alive (`owner`), which the scheduler holds until its workers exit.
-  static std::shared_ptr<ModelScheduler> Start(std::shared_ptr<const void> owner,
+  // Blocks until every worker has run the warmup sets. Errors: the first warmup failure
+  // (the workers are then retired).
+  static absl::StatusOr<std::shared_ptr<ModelScheduler>> Start(std::shared_ptr<const void> owner,
                                                const Session* session,
                                                const inference::ModelConfig& config,
                                                const SchedulerOptions& options);
@@ -70,7 +76,7 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
  private:
   ModelScheduler(std::shared_ptr<const void> owner, const Session* session,
                  const inference::ModelConfig& config, const SchedulerOptions& options);
-  void WorkerLoop(int threads);
+  void WorkerLoop(int threads, absl::BlockingCounter* warmed);
   // Takes the next batch off the queue; empty when retired and drained.
   std::vector<std::unique_ptr<InferenceRequest>> NextBatch() ABSL_LOCKS_EXCLUDED(mu_);
   void Execute(ExecutionContext* ctx, std::vector<std::unique_ptr<InferenceRequest>> batch);
@@ -88,6 +94,7 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
 
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<InferenceRequest>> queue_ ABSL_GUARDED_BY(mu_);
+  absl::Status warmup_status_ ABSL_GUARDED_BY(mu_);
   bool retired_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <cstring>
+#include <map>
 #include <memory>
 
 #include "engine/npy.h"
@@ -238,6 +239,50 @@ TEST_F(DaemonTest, DigitsClassifierMatchesHeldOutLabels) {
   // scikit-learn's own predictions reach 98.6 % on this split (tools/make_example_models.py
   // asserts the exported graph reproduces them); our engine must match them.
   EXPECT_GE(static_cast<double>(correct) / n, 0.98);
+}
+
+TEST_F(DaemonTest, StreamInferMatchesResponsesById) {
+  grpc::ClientContext ctx;
+  auto stream = Stub()->ModelStreamInfer(&ctx);
+  auto a = TinyRequest({1, 2, 3, 4});
+  a.set_id("a");
+  auto bad = TinyRequest({1, 2, 3, 4});
+  bad.set_id("bad");
+  bad.set_model_name("no_such_model");
+  auto b = TinyRequest({0, 0, 0, 0, 1, 2, 3, 4});
+  b.set_id("b");
+  ASSERT_TRUE(stream->Write(a));
+  ASSERT_TRUE(stream->Write(bad));
+  ASSERT_TRUE(stream->Write(b));
+  stream->WritesDone();
+  std::map<std::string, inference::ModelStreamInferResponse> by_id;
+  inference::ModelStreamInferResponse resp;
+  while (stream->Read(&resp)) by_id[resp.infer_response().id()] = resp;
+  ASSERT_TRUE(stream->Finish().ok());
+  ASSERT_EQ(by_id.size(), 3u);
+  EXPECT_TRUE(by_id["a"].error_message().empty());
+  EXPECT_NE(by_id["bad"].error_message().find("no_such_model"), std::string::npos);
+  ASSERT_TRUE(by_id["b"].error_message().empty()) << by_id["b"].error_message();
+  const auto& out = by_id["b"].infer_response();
+  ASSERT_EQ(out.outputs(0).shape(0), 2);
+  float y[6];
+  std::memcpy(y, out.raw_output_contents(0).data(), 24);
+  EXPECT_EQ(y[4], 1.5f);  // second row = [1,2,3,4]
+  EXPECT_EQ(y[5], 11.25f);
+}
+
+TEST_F(DaemonTest, ModelStatisticsCountsInferences) {
+  grpc::ClientContext ctx;
+  inference::ModelStatisticsRequest req;
+  req.set_name("tiny");
+  inference::ModelStatisticsResponse resp;
+  ASSERT_TRUE(Stub()->ModelStatistics(&ctx, req, &resp).ok());
+  ASSERT_EQ(resp.model_stats_size(), 1);
+  const auto& s = resp.model_stats(0);
+  EXPECT_EQ(s.version(), "2");
+  EXPECT_GE(s.inference_stats().success().count(), 1u);
+  EXPECT_GE(s.inference_count(), s.inference_stats().success().count());
+  EXPECT_GE(s.inference_stats().success().ns(), s.inference_stats().compute_infer().ns());
 }
 
 // Last: stops the daemon and checks the clean exit.

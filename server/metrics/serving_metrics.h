@@ -1,0 +1,173 @@
+// Prometheus metrics of the request path (latency, counts, queue) and of model memory,
+// plus the server-wide gauges computed at scrape time. See docs/metrics.md for every
+// series and example queries.
+//
+//   auto metrics = ServingMetrics::Create(options);           // once, at start-up
+//   exposer.RegisterCollectable(*metrics);                    // one Collectable: all of it
+//   so.observer = (*metrics)->ForModel(*model);               // per loaded model version
+//
+// Per model-version series carry the labels {model, version} (memory gauges also
+// {precision}). They exist exactly as long as some observer returned by ForModel() for
+// that model version is alive: the scheduler owns its observer, so the series disappear
+// when an unloaded version's last worker has drained and exited, and an unloaded model
+// leaves no stale series. Two observers for the same {model, version} (a reload of the
+// same version overlaps the old scheduler with the new one) share one set of series.
+//
+// Extension point: the accuracy-drift monitor (later) is a sibling of this class in
+// server/metrics/. It registers its own `quantserve_drift_*` families in registry() and
+// receives batches through InferenceObserver::OnOutputs, which this module leaves as a
+// non-blocking no-op.
+//
+// Thread-safety: every method is thread-safe. Observers are cheap (a few atomic adds and
+// one short prometheus-cpp histogram lock per histogram) and never block on I/O.
+// Collect() runs on the exposer's thread; it reads /proc/self/statm and, when a
+// repository was given, takes the repository's lock briefly (ModelRepository::Index).
+// It holds no lock of this class while doing so.
+//
+// Lifetime: ServingMetrics is shared; each observer keeps it alive. The repository given
+// in Options must outlive every Collect() call (the daemon destroys the exposer first).
+#ifndef QUANTSERVE_SERVER_METRICS_SERVING_METRICS_H_
+#define QUANTSERVE_SERVER_METRICS_SERVING_METRICS_H_
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "prometheus/collectable.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "server/scheduling/inference_observer.h"
+
+namespace qs {
+
+class LoadedModel;
+class ModelRepository;
+
+// 50 us x 2^k for k = 0..18: 50 us ... 13.1 s (the first bound >= 10 s).
+std::vector<double> DefaultLatencyBuckets();
+// Parses "0.001,0.01,0.1" (seconds). InvalidArgument unless the list is non-empty,
+// every bound is finite and > 0, and the bounds strictly increase.
+absl::StatusOr<std::vector<double>> ParseLatencyBuckets(absl::string_view text);
+absl::Status ValidateLatencyBuckets(const std::vector<double>& buckets);
+
+// What ForModel needs to know about a model version (taken from a LoadedModel, or built
+// directly by tests).
+struct ModelMetricsInfo {
+  std::string name;
+  std::string version;
+  std::string precision = "FP32";  // inference::Precision name
+  int64_t weight_bytes = 0;        // constant bytes held by the plan as loaded
+  int64_t fp32_weight_bytes = 0;   // what the same weights take in FP32
+  absl::Duration load_duration;
+};
+
+// The info for a loaded model version (its config's precision, its plan's statistics).
+ModelMetricsInfo MetricsInfoFor(const LoadedModel& model);
+
+class ServingMetrics : public prometheus::Collectable,
+                       public std::enable_shared_from_this<ServingMetrics> {
+ public:
+  struct Options {
+    // Bounds of the five latency histograms, seconds; empty: DefaultLatencyBuckets().
+    std::vector<double> latency_buckets;
+    // Optional: source of quantserve_models{state}; must outlive every Collect().
+    const ModelRepository* repository = nullptr;
+    std::string build_version;  // quantserve_build_info{version}; empty: kQuantserveVersion
+  };
+  // InvalidArgument for bad latency buckets.
+  static absl::StatusOr<std::shared_ptr<ServingMetrics>> Create(Options options);
+  ~ServingMetrics() override;
+
+  // The observer for one model version; sets its memory and load-time gauges and
+  // creates its series (all request outcomes at 0). Destroying the last observer of a
+  // {model, version} removes that version's series.
+  std::shared_ptr<InferenceObserver> ForModel(const LoadedModel& model);
+  std::shared_ptr<InferenceObserver> ForModel(const ModelMetricsInfo& info);
+
+  // The registry holding the per-model families (for sibling modules' families).
+  const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
+
+  // Everything: the registry's families, then the scrape-time gauges (process memory,
+  // uptime, build info, model states).
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  class Observer;
+  static constexpr int kOutcomes = 6;  // success + the five FailureReasons
+
+  // One {model, version}'s series; owned by the families, alive while refs > 0.
+  struct VersionSeries {
+    int refs = 0;
+    prometheus::Histogram* request_duration = nullptr;
+    prometheus::Histogram* queue_duration = nullptr;
+    prometheus::Histogram* compute_input_duration = nullptr;
+    prometheus::Histogram* compute_infer_duration = nullptr;
+    prometheus::Histogram* compute_output_duration = nullptr;
+    prometheus::Histogram* batch_size = nullptr;
+    std::array<prometheus::Counter*, kOutcomes> requests{};  // by outcome index
+    prometheus::Counter* inferences = nullptr;
+    prometheus::Counter* executions = nullptr;
+    prometheus::Gauge* pending = nullptr;
+    prometheus::Gauge* inflight = nullptr;
+    prometheus::Gauge* load_duration = nullptr;
+  };
+  // One {model, version, precision}'s memory gauges.
+  struct MemorySeries {
+    int refs = 0;
+    prometheus::Gauge* weight_bytes = nullptr;
+    prometheus::Gauge* fp32_weight_bytes = nullptr;
+  };
+  using VersionKey = std::pair<std::string, std::string>;
+  using MemoryKey = std::tuple<std::string, std::string, std::string>;
+
+  explicit ServingMetrics(Options options);
+  VersionSeries* AcquireVersion(const VersionKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  MemorySeries* AcquireMemory(const MemoryKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Called by an observer's destructor.
+  void Release(const VersionKey& version, const MemoryKey& memory) ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<prometheus::MetricFamily> CollectServer() const;
+
+  const Options options_;
+  const absl::Time start_time_;
+  const std::shared_ptr<prometheus::Registry> registry_;
+  // Families are owned by registry_ and live as long as it does.
+  prometheus::Family<prometheus::Histogram>& request_duration_;
+  prometheus::Family<prometheus::Histogram>& queue_duration_;
+  prometheus::Family<prometheus::Histogram>& compute_input_duration_;
+  prometheus::Family<prometheus::Histogram>& compute_infer_duration_;
+  prometheus::Family<prometheus::Histogram>& compute_output_duration_;
+  prometheus::Family<prometheus::Histogram>& batch_size_;
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Counter>& inferences_;
+  prometheus::Family<prometheus::Counter>& executions_;
+  prometheus::Family<prometheus::Gauge>& pending_;
+  prometheus::Family<prometheus::Gauge>& inflight_;
+  prometheus::Family<prometheus::Gauge>& load_duration_;
+  prometheus::Family<prometheus::Gauge>& weight_bytes_;
+  prometheus::Family<prometheus::Gauge>& fp32_weight_bytes_;
+
+  absl::Mutex mu_;
+  std::map<VersionKey, VersionSeries> versions_ ABSL_GUARDED_BY(mu_);
+  std::map<MemoryKey, MemorySeries> memory_ ABSL_GUARDED_BY(mu_);
+};
+
+// Label value of each outcome of quantserve_requests_total, indexed like
+// OutcomeIndex(): "success", then the FailureReasons in enum order.
+absl::string_view OutcomeName(int index);
+
+}  // namespace qs
+
+#endif  // QUANTSERVE_SERVER_METRICS_SERVING_METRICS_H_

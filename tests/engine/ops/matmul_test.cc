@@ -1,0 +1,355 @@
+// MatMul and Gemm kernels, checked end to end (ModelProto -> Session) against naive
+// loops written here.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "engine/graph.h"
+#include "engine/session.h"
+#include "gtest/gtest.h"
+#include "onnx/onnx_pb.h"
+
+namespace qs {
+namespace {
+
+// ---- model building ----------------------------------------------------------------
+
+class ModelBuilder {
+ public:
+  explicit ModelBuilder(int64_t opset = 13) {
+    model_.set_ir_version(8);
+    auto* op = model_.add_opset_import();
+    op->set_domain("");
+    op->set_version(opset);
+  }
+  void Input(const std::string& name, const Shape& shape,
+             int32_t type = onnx::TensorProto::FLOAT) {
+    auto* vi = model_.mutable_graph()->add_input();
+    vi->set_name(name);
+    auto* tt = vi->mutable_type()->mutable_tensor_type();
+    tt->set_elem_type(type);
+    for (int64_t d : shape) {  // -1: a symbolic (run-time) dimension
+      auto* dim = tt->mutable_shape()->add_dim();
+      if (d < 0) {
+        dim->set_dim_param("dyn");
+      } else {
+        dim->set_dim_value(d);
+      }
+    }
+  }
+  void Output(const std::string& name, int32_t type = onnx::TensorProto::FLOAT) {
+    auto* vi = model_.mutable_graph()->add_output();
+    vi->set_name(name);
+    vi->mutable_type()->mutable_tensor_type()->set_elem_type(type);
+  }
+  void Constant(const std::string& name, const Tensor& t) {
+    *model_.mutable_graph()->add_initializer() = TensorToProto(t, name);
+  }
+  onnx::NodeProto* Node(const std::string& op, std::vector<std::string> inputs,
+                        std::vector<std::string> outputs) {
+    auto* n = model_.mutable_graph()->add_node();
+    n->set_op_type(op);
+    n->set_name(op + "_" + std::to_string(model_.graph().node_size()));
+    for (auto& i : inputs) n->add_input(i);
+    for (auto& o : outputs) n->add_output(o);
+    return n;
+  }
+  const onnx::ModelProto& model() const { return model_; }
+
+ private:
+  onnx::ModelProto model_;
+};
+
+void SetInt(onnx::NodeProto* n, const std::string& name, int64_t v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INT);
+  a->set_i(v);
+}
+void SetFloat(onnx::NodeProto* n, const std::string& name, float v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::FLOAT);
+  a->set_f(v);
+}
+
+Tensor Filled(const Shape& shape, int seed) {
+  Tensor t(DataType::kFloat32, shape);
+  for (int64_t i = 0; i < t.num_elements(); ++i) {
+    t.data<float>()[i] = static_cast<float>(((i * 7 + seed * 13) % 11) - 5) * 0.25f;
+  }
+  return t;
+}
+
+absl::StatusOr<std::vector<Tensor>> TryRun(const onnx::ModelProto& model,
+                                           const std::vector<Tensor>& inputs) {
+  auto session = Session::Compile(model, CompileOptions());
+  if (!session.ok()) return session.status();
+  auto ctx = (*session)->NewContext();
+  std::vector<Tensor> out;
+  absl::Status st = (*session)->Run(ctx.get(), inputs, &out);
+  if (!st.ok()) return st;
+  return out;
+}
+
+std::vector<Tensor> RunModel(const onnx::ModelProto& model,
+                             const std::vector<Tensor>& inputs) {
+  auto out = TryRun(model, inputs);
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? *out : std::vector<Tensor>();
+}
+
+void ExpectNear(const Tensor& got, const Tensor& want) {
+  ASSERT_EQ(ShapeToString(got.shape()), ShapeToString(want.shape()));
+  for (int64_t i = 0; i < want.num_elements(); ++i) {
+    ASSERT_NEAR(got.data<float>()[i], want.data<float>()[i],
+                1e-4f + 1e-4f * std::fabs(want.data<float>()[i]))
+        << "at flat index " << i;
+  }
+}
+
+// ---- naive references ----------------------------------------------------------------
+
+// numpy matmul for operands of rank >= 2 (batch dims broadcast).
+Tensor NaiveBatchedMatMul(const Tensor& a, const Tensor& b) {
+  const int ra = a.rank(), rb = b.rank(), r = std::max(ra, rb);
+  Shape pa(r - ra, 1), pb(r - rb, 1);
+  pa.insert(pa.end(), a.shape().begin(), a.shape().end());
+  pb.insert(pb.end(), b.shape().begin(), b.shape().end());
+  const int64_t m = pa[r - 2], k = pa[r - 1], n = pb[r - 1];
+  Shape out_shape;
+  for (int i = 0; i < r - 2; ++i) out_shape.push_back(std::max(pa[i], pb[i]));
+  out_shape.push_back(m);
+  out_shape.push_back(n);
+  Tensor y(DataType::kFloat32, out_shape);
+  const int64_t batch = NumElements(out_shape) / (m * n);
+  for (int64_t bi = 0; bi < batch; ++bi) {
+    // Unravel bi over the output batch dims, then ravel into A's and B's.
+    int64_t rem = bi, ao = 0, bo = 0, astride = 1, bstride = 1;
+    for (int d = r - 3; d >= 0; --d) {
+      const int64_t idx = rem % out_shape[d];
+      rem /= out_shape[d];
+      ao += (pa[d] == 1 ? 0 : idx) * astride;
+      bo += (pb[d] == 1 ? 0 : idx) * bstride;
+      astride *= pa[d];
+      bstride *= pb[d];
+    }
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t p = 0; p < k; ++p) {
+          acc += a.data<float>()[ao * m * k + i * k + p] *
+                 b.data<float>()[bo * k * n + p * n + j];
+        }
+        y.data<float>()[bi * m * n + i * n + j] = static_cast<float>(acc);
+      }
+  }
+  return y;
+}
+
+// Gemm: alpha * op(A) op(B) + beta * C (C broadcast from rank <= 2).
+Tensor NaiveGemm(const Tensor& a, const Tensor& b, const Tensor* c, bool ta, bool tb,
+                 float alpha, float beta) {
+  const int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
+  const int64_t n = tb ? b.dim(0) : b.dim(1);
+  Tensor y(DataType::kFloat32, {m, n});
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int64_t p = 0; p < k; ++p) {
+        const float av = ta ? a.data<float>()[p * m + i] : a.data<float>()[i * k + p];
+        const float bv = tb ? b.data<float>()[j * k + p] : b.data<float>()[p * n + j];
+        acc += av * bv;
+      }
+      double cv = 0;
+      if (c != nullptr) {
+        const int64_t cm = c->rank() == 2 ? c->dim(0) : 1;
+        const int64_t cn = c->rank() >= 1 ? c->shape().back() : 1;
+        cv = c->data<float>()[(cm == 1 ? 0 : i) * cn + (cn == 1 ? 0 : j)];
+      }
+      y.data<float>()[i * n + j] = static_cast<float>(alpha * acc + beta * cv);
+    }
+  return y;
+}
+
+// ---- MatMul ------------------------------------------------------------------------
+
+TEST(MatMulTest, ConstantWeightsWithBatchedActivations) {
+  // The FC-layer case: B is packed once, A's leading dims fold into M.
+  Tensor a = Filled({2, 3, 5}, 1), b = Filled({5, 7}, 2);
+  ModelBuilder mb;
+  mb.Input("a", a.shape());
+  mb.Constant("b", b);
+  mb.Node("MatMul", {"a", "b"}, {"y"});
+  mb.Output("y");
+  auto out = RunModel(mb.model(), {a});
+  ASSERT_EQ(out.size(), 1u);
+  ExpectNear(out[0], NaiveBatchedMatMul(a, b));
+}
+
+TEST(MatMulTest, BatchedBroadcast) {
+  Tensor a = Filled({2, 1, 3, 4}, 3), b = Filled({3, 4, 5}, 4);
+  ModelBuilder mb;
+  mb.Input("a", a.shape());
+  mb.Input("b", b.shape());
+  mb.Node("MatMul", {"a", "b"}, {"y"});
+  mb.Output("y");
+  auto out = RunModel(mb.model(), {a, b});
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(ShapeToString(out[0].shape()), "[2,3,3,5]");
+  ExpectNear(out[0], NaiveBatchedMatMul(a, b));
+}
+
+TEST(MatMulTest, OneDimensionalOperandsArePromotedAndDropped) {
+  Tensor v = Filled({4}, 5), m = Filled({4, 3}, 6), batched = Filled({2, 3, 4}, 7);
+  {
+    ModelBuilder mb;
+    mb.Input("a", v.shape());
+    mb.Input("b", m.shape());
+    mb.Node("MatMul", {"a", "b"}, {"y"});
+    mb.Output("y");
+    auto out = RunModel(mb.model(), {v, m});
+    ASSERT_EQ(out.size(), 1u);
+    ExpectNear(out[0], NaiveBatchedMatMul(v.Reshaped({1, 4}), m).Reshaped({3}));
+  }
+  {
+    ModelBuilder mb;
+    mb.Input("a", batched.shape());
+    mb.Constant("b", v);
+    mb.Node("MatMul", {"a", "b"}, {"y"});
+    mb.Output("y");
+    auto out = RunModel(mb.model(), {batched});
+    ASSERT_EQ(out.size(), 1u);
+    ExpectNear(out[0], NaiveBatchedMatMul(batched, v.Reshaped({4, 1})).Reshaped({2, 3}));
+  }
+  {
+    ModelBuilder mb;
+    mb.Input("a", v.shape());
+    mb.Input("b", v.shape());
+    mb.Node("MatMul", {"a", "b"}, {"y"});
+    mb.Output("y");
+    auto out = RunModel(mb.model(), {v, v});
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].rank(), 0);
+    float dot = 0;
+    for (int i = 0; i < 4; ++i) dot += v.data<float>()[i] * v.data<float>()[i];
+    EXPECT_NEAR(out[0].data<float>()[0], dot, 1e-5f);
+  }
+}
+
+TEST(MatMulTest, IntegerFallback) {
+  Tensor a(DataType::kInt32, {2, 3}), b(DataType::kInt32, {3, 2});
+  for (int i = 0; i < 6; ++i) {
+    a.data<int32_t>()[i] = i + 1;
+    b.data<int32_t>()[i] = 2 * i - 3;
+  }
+  ModelBuilder mb;
+  mb.Input("a", a.shape(), onnx::TensorProto::INT32);
+  mb.Input("b", b.shape(), onnx::TensorProto::INT32);
+  mb.Node("MatMul", {"a", "b"}, {"y"});
+  mb.Output("y", onnx::TensorProto::INT32);
+  auto out = RunModel(mb.model(), {a, b});
+  ASSERT_EQ(out.size(), 1u);
+  ASSERT_EQ(out[0].dtype(), DataType::kInt32);
+  // [[1,2,3],[4,5,6]] x [[-3,-1],[1,3],[5,7]]
+  const int32_t want[4] = {14, 26, 23, 53};
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(out[0].data<int32_t>()[i], want[i]);
+}
+
+TEST(MatMulTest, InnerDimMismatchIsInvalidArgument) {
+  ModelBuilder mb;
+  mb.Input("a", {2, -1});
+  mb.Input("b", {3, 2});
+  mb.Node("MatMul", {"a", "b"}, {"y"});
+  mb.Output("y");
+  auto out = TryRun(mb.model(), {Filled({2, 4}, 8), Filled({3, 2}, 9)});
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MatMulTest, PlansAreCachedPerShapeInOneContext) {
+  Tensor b = Filled({6, 4}, 10);
+  ModelBuilder mb;
+  mb.Input("a", {-1, 6});
+  mb.Constant("b", b);
+  mb.Node("MatMul", {"a", "b"}, {"y"});
+  mb.Output("y");
+  auto session = Session::Compile(mb.model(), CompileOptions());
+  ASSERT_TRUE(session.ok()) << session.status();
+  auto ctx = (*session)->NewContext();
+  for (int64_t rows : {1, 5, 1, 32, 5}) {
+    Tensor a = Filled({rows, 6}, static_cast<int>(rows));
+    std::vector<Tensor> out;
+    ASSERT_TRUE((*session)->Run(ctx.get(), {a}, &out).ok());
+    ExpectNear(out[0], NaiveBatchedMatMul(a, b));
+  }
+}
+
+// ---- Gemm --------------------------------------------------------------------------
+
+struct GemmCase {
+  std::string name;
+  Shape c_shape;  // empty: no C
+  bool trans_a, trans_b;
+  float alpha, beta;
+  bool constant_bc;
+};
+
+class GemmTest : public ::testing::TestWithParam<GemmCase> {};
+
+TEST_P(GemmTest, MatchesNaive) {
+  const GemmCase& gc = GetParam();
+  const int64_t m = 3, k = 5, n = 4;
+  Tensor a = Filled(gc.trans_a ? Shape{k, m} : Shape{m, k}, 11);
+  Tensor b = Filled(gc.trans_b ? Shape{n, k} : Shape{k, n}, 12);
+  const bool has_c = !gc.c_shape.empty() || gc.name.find("scalar") != std::string::npos;
+  Tensor c = Filled(gc.c_shape, 13);
+  ModelBuilder mb;
+  mb.Input("a", a.shape());
+  std::vector<Tensor> inputs = {a};
+  std::vector<std::string> names = {"a", "b"};
+  if (gc.constant_bc) {
+    mb.Constant("b", b);
+  } else {
+    mb.Input("b", b.shape());
+    inputs.push_back(b);
+  }
+  if (has_c) {
+    names.push_back("c");
+    if (gc.constant_bc) {
+      mb.Constant("c", c);
+    } else {
+      mb.Input("c", c.shape());
+      inputs.push_back(c);
+    }
+  }
+  auto* node = mb.Node("Gemm", names, {"y"});
+  if (gc.trans_a) SetInt(node, "transA", 1);
+  if (gc.trans_b) SetInt(node, "transB", 1);
+  if (gc.alpha != 1.f) SetFloat(node, "alpha", gc.alpha);
+  if (gc.beta != 1.f) SetFloat(node, "beta", gc.beta);
+  mb.Output("y");
+  auto out = RunModel(mb.model(), inputs);
+  ASSERT_EQ(out.size(), 1u);
+  ExpectNear(out[0], NaiveGemm(a, b, has_c ? &c : nullptr, gc.trans_a, gc.trans_b,
+                               gc.alpha, gc.beta));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, GemmTest,
+    ::testing::Values(
+        GemmCase{"no_c", {}, false, false, 1.f, 1.f, true},
+        GemmCase{"trans_a_trans_b_matrix_c", {3, 4}, true, true, 0.25f, 0.35f, true},
+        GemmCase{"trans_a_trans_b_matrix_c_inputs", {3, 4}, true, true, 0.25f, 0.35f,
+                 false},
+        GemmCase{"trans_b_vector_bias", {4}, false, true, 1.f, 1.f, true},
+        GemmCase{"vector_bias_inputs_beta", {4}, false, false, 1.f, 0.5f, false},
+        GemmCase{"row_c_alpha", {1, 4}, false, false, 2.f, 1.f, true},
+        GemmCase{"column_c", {3, 1}, true, false, 1.f, 1.f, true},
+        GemmCase{"scalar_c", {}, false, false, 1.f, 2.f, true},
+        GemmCase{"single_elem_c_inputs", {1}, false, true, 0.5f, 1.f, false}),
+    [](const ::testing::TestParamInfo<GemmCase>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace qs
