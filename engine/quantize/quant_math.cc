@@ -1,0 +1,166 @@
+#include "engine/quantize/quant_math.h"
+
+// GCC 12 reports a false -Wmaybe-uninitialized inside avx512fintrin.h's
+// _mm512_min_ps/_mm512_max_ps (the masked builtin's pass-through operand).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace qs {
+namespace {
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+
+__attribute__((target("avx512f,avx512bw"))) void MinMaxAvx512(const float* x, int64_t n,
+                                                              float* mn, float* mx) {
+  __m512 lo0 = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  __m512 hi0 = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 lo1 = lo0, hi1 = hi0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {  // two accumulators hide the min/max latency
+    __m512 a = _mm512_loadu_ps(x + i);
+    __m512 b = _mm512_loadu_ps(x + i + 16);
+    lo0 = _mm512_min_ps(lo0, a);
+    hi0 = _mm512_max_ps(hi0, a);
+    lo1 = _mm512_min_ps(lo1, b);
+    hi1 = _mm512_max_ps(hi1, b);
+  }
+  for (; i + 16 <= n; i += 16) {
+    __m512 a = _mm512_loadu_ps(x + i);
+    lo0 = _mm512_min_ps(lo0, a);
+    hi0 = _mm512_max_ps(hi0, a);
+  }
+  // (GCC 12's _mm512_reduce_*_ps trips -Wmaybe-uninitialized; reduce by hand.)
+  alignas(64) float l[16], h[16];
+  _mm512_store_ps(l, _mm512_min_ps(lo0, lo1));
+  _mm512_store_ps(h, _mm512_max_ps(hi0, hi1));
+  float lo = l[0], hi = h[0];
+  for (int k = 1; k < 16; ++k) {
+    lo = std::min(lo, l[k]);
+    hi = std::max(hi, h[k]);
+  }
+  for (; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  *mn = lo;
+  *mx = hi;
+}
+
+__attribute__((target("avx512f,avx512bw"))) void QuantizeU8Avx512(const float* x, int64_t n,
+                                                                  float scale, int32_t zp,
+                                                                  uint8_t* q) {
+  const __m512 inv = _mm512_set1_ps(1.f / scale);
+  const __m512i zpv = _mm512_set1_epi32(zp);
+  const __m512i lo = _mm512_setzero_si512();
+  const __m512i hi = _mm512_set1_epi32(255);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    // cvtps rounds with MXCSR: round-to-nearest-even by default, as ONNX specifies.
+    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, zpv), lo), hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(v));
+  }
+  for (; i < n; ++i) {
+    const int32_t v = static_cast<int32_t>(std::nearbyint(x[i] * (1.f / scale))) + zp;
+    q[i] = static_cast<uint8_t>(std::clamp(v, 0, 255));
+  }
+}
+
+}  // namespace
+
+QuantParams ComputeU8Params(float rmin, float rmax) {
+  rmin = std::min(rmin, 0.f);
+  rmax = std::max(rmax, 0.f);
+  QuantParams p;
+  const double scale = (static_cast<double>(rmax) - rmin) / 255.0;
+  if (!(scale > std::numeric_limits<float>::min()) || !std::isfinite(scale)) return p;
+  p.scale = static_cast<float>(scale);
+  p.zero_point = static_cast<int32_t>(
+      std::clamp(std::nearbyint(-static_cast<double>(rmin) / scale), 0.0, 255.0));
+  return p;
+}
+
+namespace {
+
+QuantizedWeights QuantizeStrided(const Tensor& w, int64_t channels, int64_t outer,
+                                 int64_t inner) {
+  // Element (o, c, i) at o*channels*inner + c*inner + i; channel c gets one scale.
+  QuantizedWeights out;
+  out.values = Tensor::Uninitialized(DataType::kInt8, w.shape());
+  out.scales.assign(channels, 0.f);
+  const float* src = w.data<float>();
+  int8_t* dst = out.values.data<int8_t>();
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t i = 0; i < inner; ++i)
+        out.scales[c] = std::max(out.scales[c], std::fabs(src[(o * channels + c) * inner + i]));
+  for (float& s : out.scales) s = s > 0.f ? s / 127.f : 1.f;
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t c = 0; c < channels; ++c) {
+      const float inv = 1.f / out.scales[c];
+      for (int64_t i = 0; i < inner; ++i) {
+        const int64_t k = (o * channels + c) * inner + i;
+        dst[k] = static_cast<int8_t>(std::clamp(std::nearbyint(src[k] * inv), -127.f, 127.f));
+      }
+    }
+  return out;
+}
+
+}  // namespace
+
+QuantizedWeights QuantizeWeightsPerChannel(const Tensor& w, int64_t channels) {
+  return QuantizeStrided(w, channels, 1, w.num_elements() / std::max<int64_t>(1, channels));
+}
+
+QuantizedWeights QuantizeWeightsPerColumn(const Tensor& w) {
+  const int64_t n = w.rank() == 0 ? 1 : w.dim(w.rank() - 1);
+  return QuantizeStrided(w, n, w.num_elements() / std::max<int64_t>(1, n), 1);
+}
+
+void MinMax(const float* x, int64_t n, float* mn, float* mx) {
+  if (n <= 0) {
+    *mn = *mx = 0.f;
+    return;
+  }
+  if (HasAvx512()) {
+    MinMaxAvx512(x, n, mn, mx);
+    return;
+  }
+  auto [lo, hi] = std::minmax_element(x, x + n);
+  *mn = *lo;
+  *mx = *hi;
+}
+
+void QuantizeU8(const float* x, int64_t n, float scale, int32_t zero_point, uint8_t* q) {
+  if (HasAvx512()) {
+    QuantizeU8Avx512(x, n, scale, zero_point, q);
+    return;
+  }
+  const float inv = 1.f / scale;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t v = static_cast<int32_t>(std::nearbyint(x[i] * inv)) + zero_point;
+    q[i] = static_cast<uint8_t>(std::clamp(v, 0, 255));
+  }
+}
+
+double SqnrDb(const float* ref, const float* approx, int64_t n) {
+  double signal = 0, noise = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    signal += static_cast<double>(ref[i]) * ref[i];
+    const double d = static_cast<double>(ref[i]) - approx[i];
+    noise += d * d;
+  }
+  if (noise == 0) return std::numeric_limits<double>::infinity();
+  if (signal == 0) return -std::numeric_limits<double>::infinity();
+  return 10.0 * std::log10(signal / noise);
+}
+
+}  // namespace qs
