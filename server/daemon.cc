@@ -8,10 +8,10 @@
 #include "engine/log.h"
 #include "grpcpp/grpcpp.h"
 #include "prometheus/exposer.h"
-#include "prometheus/registry.h"
 #include "server/cpu_budget.h"
 #include "server/grpc/health_service.h"
 #include "server/grpc/inference_service.h"
+#include "server/metrics/serving_metrics.h"
 #include "server/repository/model_repository.h"
 #include "server/repository/warmup.h"
 #include "server/server_state.h"
@@ -35,7 +35,7 @@ struct Daemon::Impl {
   std::unique_ptr<HealthService> health;
   std::unique_ptr<grpc::Server> server;
   int grpc_port = 0;
-  std::shared_ptr<prometheus::Registry> registry;
+  std::shared_ptr<ServingMetrics> metrics;  // null when the endpoint is off
   std::unique_ptr<prometheus::Exposer> exposer;
   int metrics_port = -1;
   std::thread poller;
@@ -61,6 +61,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonOptions options) {
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("--grpc-max-message-bytes must be > 0");
   }
+  if (!options.metrics_latency_buckets.empty()) {
+    absl::Status st = ValidateLatencyBuckets(options.metrics_latency_buckets);
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metrics-latency-buckets: ", st.message()));
+    }
+  }
   if (options.cpu_threads <= 0) options.cpu_threads = AvailableCpus();
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
@@ -76,10 +83,19 @@ absl::Status Daemon::Start() {
   auto repo = ModelRepository::Create(ro);
   if (!repo.ok()) return repo.status();
   d.repository = *std::move(repo);
+  if (o.metrics_port >= 0) {
+    ServingMetrics::Options mo;
+    mo.latency_buckets = o.metrics_latency_buckets;
+    mo.repository = d.repository.get();
+    auto metrics = ServingMetrics::Create(mo);
+    if (!metrics.ok()) return metrics.status();
+    d.metrics = *std::move(metrics);
+  }
   const int cpus = o.cpu_threads;
   WorkerTracker* tracker = &d.workers;
+  ServingMetrics* metrics = d.metrics.get();
   d.repository->set_ready_hook(
-      [cpus, tracker](const std::shared_ptr<LoadedModel>& model)
+      [cpus, tracker, metrics](const std::shared_ptr<LoadedModel>& model)
           -> absl::StatusOr<std::shared_ptr<ModelScheduler>> {
         int instances = 0;
         for (const auto& g : model->config().instance_group()) instances += std::max(1, g.count());
@@ -89,6 +105,8 @@ absl::Status Daemon::Start() {
         // Workers share the cores: never more OpenMP threads in total than CPUs.
         so.threads_per_worker = std::max(1, cpus / instances);
         so.tracker = tracker;
+        // The scheduler owns the observer: the version's series go away with it.
+        if (metrics != nullptr) so.observer = metrics->ForModel(*model);
         if (instances > cpus) {
           QS_LOG(WARNING) << "model '" << model->name() << "': " << instances
                           << " instances on " << cpus << " CPUs oversubscribe the cores";
@@ -121,10 +139,9 @@ absl::Status Daemon::Start() {
 
   if (o.metrics_port >= 0) {
     try {
-      d.registry = std::make_shared<prometheus::Registry>();
       d.exposer = std::make_unique<prometheus::Exposer>(
           absl::StrCat(o.metrics_address, ":", o.metrics_port));
-      d.exposer->RegisterCollectable(d.registry);
+      d.exposer->RegisterCollectable(d.metrics);
       d.metrics_port = d.exposer->GetListeningPorts().front();
       QS_LOG(INFO) << "metrics on http://" << o.metrics_address << ":" << d.metrics_port
                    << "/metrics";

@@ -26,6 +26,9 @@ struct DaemonOptions {
   int grpc_port = 8001;  // 0: pick a free port (see Daemon::grpc_port)
   std::string metrics_address = "0.0.0.0";
   int metrics_port = 8002;  // 0: pick a free port; -1: no metrics endpoint
+  // Bounds of the latency histograms, seconds, increasing; empty: the default
+  // (50 us x 2^k up to 13.1 s).
+  std::vector<double> metrics_latency_buckets;
   ModelControlMode control_mode = ModelControlMode::kNone;
   std::vector<std::string> load_models;  // explicit mode; "*" = all
   absl::Duration poll_interval = absl::Seconds(15);

@@ -3,13 +3,18 @@
 #include <cstring>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "engine/log.h"
+#include "server/metrics/serving_metrics.h"
 
 ABSL_FLAG(std::string, model_repository, "", "Path of the model repository (required).");
 ABSL_FLAG(std::string, grpc_address, "0.0.0.0", "Address the gRPC server binds to.");
 ABSL_FLAG(int, grpc_port, 8001, "gRPC port (0 picks a free port).");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0", "Address of the Prometheus endpoint.");
 ABSL_FLAG(int, metrics_port, 8002, "Prometheus /metrics port (0 picks a free port, -1 disables).");
+ABSL_FLAG(std::string, metrics_latency_buckets, "",
+          "Comma-separated upper bounds, in seconds, of the latency histograms (e.g. "
+          "'0.001,0.005,0.025,0.1'); empty: 50us x 2^k up to 13.1s.");
 ABSL_FLAG(std::string, model_control_mode, "none",
           "none: load every model at start; poll: also follow repository changes; "
           "explicit: load only --load-model models and allow load/unload RPCs.");
@@ -83,6 +88,15 @@ absl::StatusOr<DaemonOptions> DaemonOptionsFromFlags(const std::vector<std::stri
   o.grpc_port = absl::GetFlag(FLAGS_grpc_port);
   o.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  const std::string buckets = absl::GetFlag(FLAGS_metrics_latency_buckets);
+  if (!buckets.empty()) {
+    auto parsed = ParseLatencyBuckets(buckets);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metrics-latency-buckets: ", parsed.status().message()));
+    }
+    o.metrics_latency_buckets = *std::move(parsed);
+  }
   auto mode = ParseModelControlMode(absl::GetFlag(FLAGS_model_control_mode));
   if (!mode.ok()) return mode.status();
   o.control_mode = *mode;

@@ -1,11 +1,13 @@
-// Element-wise ops with numpy multidirectional broadcasting (opset 7+): arithmetic,
-// comparison, logic, Where, the variadic Min/Max/Sum/Mean, Mod, BitShift, PRelu and Clip.
+// Element-wise ops with numpy multidirectional broadcasting (opset 7+):
+// arithmetic, comparison, logic, Where, the variadic Min/Max/Sum/Mean, Mod,
+// BitShift, PRelu and Clip.
 //
-// Broadcasting is planned once per Run: dims of size 1 are dropped and adjacent dims
-// that every input walks the same way (all contiguous or all broadcast) are merged, so
-// the innermost loop runs over a contiguous run where each input has stride 1 or 0
-// (a scalar). The row kernels specialise those stride pairs so the compiler vectorizes
-// them. float16/bfloat16 are computed in float32 and converted back.
+// Broadcasting is planned once per Run: dims of size 1 are dropped and adjacent
+// dims that every input walks the same way (all contiguous or all broadcast)
+// are merged, so the innermost loop runs over a contiguous run where each input
+// has stride 1 or 0 (a scalar). The row kernels specialise those stride pairs
+// so the compiler vectorizes them. float16/bfloat16 are computed in float32 and
+// converted back.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -23,29 +25,52 @@ struct Tag {
   using type = T;
 };
 
-bool IsHalf(DataType t) { return t == DataType::kFloat16 || t == DataType::kBFloat16; }
+bool IsHalf(DataType t) {
+  return t == DataType::kFloat16 || t == DataType::kBFloat16;
+}
 
-// Calls f(Tag<T>()) for the C++ type that computes dtype `t`: the ten plain numeric
-// types, plus bool (as uint8_t) when `with_bool`. Returns false for anything else
-// (half types are converted by the caller before dispatch).
+// Calls f(Tag<T>()) for the C++ type that computes dtype `t`: the ten plain
+// numeric types, plus bool (as uint8_t) when `with_bool`. Returns false for
+// anything else (half types are converted by the caller before dispatch).
 template <typename F>
 bool VisitNumeric(DataType t, bool with_bool, F&& f) {
   switch (t) {
-    case DataType::kFloat32: f(Tag<float>()); return true;
-    case DataType::kFloat64: f(Tag<double>()); return true;
-    case DataType::kInt8: f(Tag<int8_t>()); return true;
-    case DataType::kInt16: f(Tag<int16_t>()); return true;
-    case DataType::kInt32: f(Tag<int32_t>()); return true;
-    case DataType::kInt64: f(Tag<int64_t>()); return true;
-    case DataType::kUInt8: f(Tag<uint8_t>()); return true;
-    case DataType::kUInt16: f(Tag<uint16_t>()); return true;
-    case DataType::kUInt32: f(Tag<uint32_t>()); return true;
-    case DataType::kUInt64: f(Tag<uint64_t>()); return true;
+    case DataType::kFloat32:
+      f(Tag<float>());
+      return true;
+    case DataType::kFloat64:
+      f(Tag<double>());
+      return true;
+    case DataType::kInt8:
+      f(Tag<int8_t>());
+      return true;
+    case DataType::kInt16:
+      f(Tag<int16_t>());
+      return true;
+    case DataType::kInt32:
+      f(Tag<int32_t>());
+      return true;
+    case DataType::kInt64:
+      f(Tag<int64_t>());
+      return true;
+    case DataType::kUInt8:
+      f(Tag<uint8_t>());
+      return true;
+    case DataType::kUInt16:
+      f(Tag<uint16_t>());
+      return true;
+    case DataType::kUInt32:
+      f(Tag<uint32_t>());
+      return true;
+    case DataType::kUInt64:
+      f(Tag<uint64_t>());
+      return true;
     case DataType::kBool:
       if (!with_bool) return false;
       f(Tag<uint8_t>());
       return true;
-    default: return false;
+    default:
+      return false;
   }
 }
 
@@ -55,8 +80,8 @@ bool VisitNumeric(DataType t, bool with_bool, F&& f) {
 struct BroadcastPlan {
   Shape out_shape;
   int64_t out_size = 0;
-  // Collapsed iteration dims (innermost last, never empty) and, per input, the element
-  // stride of each collapsed dim (0 where the input is broadcast).
+  // Collapsed iteration dims (innermost last, never empty) and, per input, the
+  // element stride of each collapsed dim (0 where the input is broadcast).
   std::vector<int64_t> dims;
   std::vector<std::vector<int64_t>> strides;
 };
@@ -76,14 +101,16 @@ absl::StatusOr<Shape> BroadcastShape(absl::Span<const Shape* const> shapes) {
         continue;
       }
       std::string msg = "shapes are not broadcastable:";
-      for (const Shape* t : shapes) absl::StrAppend(&msg, " ", ShapeToString(*t));
+      for (const Shape* t : shapes)
+        absl::StrAppend(&msg, " ", ShapeToString(*t));
       return absl::InvalidArgumentError(msg);
     }
   }
   return out;
 }
 
-absl::StatusOr<BroadcastPlan> PlanBroadcast(absl::Span<const Shape* const> shapes) {
+absl::StatusOr<BroadcastPlan> PlanBroadcast(
+    absl::Span<const Shape* const> shapes) {
   BroadcastPlan p;
   QS_ASSIGN_OR_RETURN(p.out_shape, BroadcastShape(shapes));
   p.out_size = NumElements(p.out_shape);
@@ -106,7 +133,8 @@ absl::StatusOr<BroadcastPlan> PlanBroadcast(absl::Span<const Shape* const> shape
     if (n == 1) continue;  // contributes nothing to the iteration
     bool merge = !p.dims.empty();
     for (size_t j = 0; merge && j < k; ++j) {
-      // The previous dim folds into this one when the input walks both contiguously.
+      // The previous dim folds into this one when the input walks both
+      // contiguously.
       merge = p.strides[j].back() == full[j][d] * n;
     }
     if (merge) {
@@ -124,8 +152,9 @@ absl::StatusOr<BroadcastPlan> PlanBroadcast(absl::Span<const Shape* const> shape
   return p;
 }
 
-// Calls row(offsets, out_offset, n) for each innermost run of the output; offsets[j]
-// is input j's element offset, its stride along the run is plan.strides[j].back().
+// Calls row(offsets, out_offset, n) for each innermost run of the output;
+// offsets[j] is input j's element offset, its stride along the run is
+// plan.strides[j].back().
 template <typename RowFn>
 void ForEachRow(const BroadcastPlan& p, RowFn&& row) {
   if (p.out_size == 0) return;
@@ -181,7 +210,8 @@ absl::StatusOr<Tensor> BroadcastBinary(const Tensor& a, const Tensor& b,
 }
 
 absl::StatusOr<Tensor> ToFloat(const Tensor& t) {
-  return IsHalf(t.dtype()) ? CastTensor(t, DataType::kFloat32) : absl::StatusOr<Tensor>(t);
+  return IsHalf(t.dtype()) ? CastTensor(t, DataType::kFloat32)
+                           : absl::StatusOr<Tensor>(t);
 }
 
 absl::Status TypeError(const Tensor& t) {
@@ -194,8 +224,8 @@ absl::Status TypeError(const Tensor& t) {
 template <typename T>
 using Unsigned = std::make_unsigned_t<T>;
 
-// Integer arithmetic wraps (done in unsigned: signed overflow, and uint16 * uint16
-// promoted to int, would be undefined).
+// Integer arithmetic wraps (done in unsigned: signed overflow, and uint16 *
+// uint16 promoted to int, would be undefined).
 template <typename T>
 using Wide = std::conditional_t<(sizeof(T) <= 4), uint32_t, uint64_t>;
 
@@ -235,7 +265,8 @@ struct DivOp {
   template <typename T>
   T operator()(T a, T b) const {
     if constexpr (std::is_integral_v<T> && std::is_signed_v<T>) {
-      if (b == -1) return static_cast<T>(Unsigned<T>(0) - static_cast<Unsigned<T>>(a));
+      if (b == -1)
+        return static_cast<T>(Unsigned<T>(0) - static_cast<Unsigned<T>>(a));
     }
     return static_cast<T>(a / b);
   }
@@ -244,7 +275,8 @@ struct MinOp {
   template <typename T>
   T operator()(T a, T b) const {
     if constexpr (std::is_floating_point_v<T>) {
-      if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<T>::quiet_NaN();
+      if (std::isnan(a) || std::isnan(b))
+        return std::numeric_limits<T>::quiet_NaN();
     }
     return b < a ? b : a;
   }
@@ -253,30 +285,41 @@ struct MaxOp {
   template <typename T>
   T operator()(T a, T b) const {
     if constexpr (std::is_floating_point_v<T>) {
-      if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<T>::quiet_NaN();
+      if (std::isnan(a) || std::isnan(b))
+        return std::numeric_limits<T>::quiet_NaN();
     }
     return a < b ? b : a;
   }
 };
 struct EqualOp {
   template <typename T>
-  uint8_t operator()(T a, T b) const { return a == b; }
+  uint8_t operator()(T a, T b) const {
+    return a == b;
+  }
 };
 struct LessOp {
   template <typename T>
-  uint8_t operator()(T a, T b) const { return a < b; }
+  uint8_t operator()(T a, T b) const {
+    return a < b;
+  }
 };
 struct GreaterOp {
   template <typename T>
-  uint8_t operator()(T a, T b) const { return a > b; }
+  uint8_t operator()(T a, T b) const {
+    return a > b;
+  }
 };
 struct LessEqualOp {
   template <typename T>
-  uint8_t operator()(T a, T b) const { return a <= b; }
+  uint8_t operator()(T a, T b) const {
+    return a <= b;
+  }
 };
 struct GreaterEqualOp {
   template <typename T>
-  uint8_t operator()(T a, T b) const { return a >= b; }
+  uint8_t operator()(T a, T b) const {
+    return a >= b;
+  }
 };
 struct AndOp {
   uint8_t operator()(uint8_t a, uint8_t b) const { return (a != 0) & (b != 0); }
@@ -288,7 +331,8 @@ struct XorOp {
   uint8_t operator()(uint8_t a, uint8_t b) const { return (a != 0) ^ (b != 0); }
 };
 
-// Mod: fmod=1 keeps the dividend's sign (C fmod / %), fmod=0 the divisor's (Python).
+// Mod: fmod=1 keeps the dividend's sign (C fmod / %), fmod=0 the divisor's
+// (Python).
 struct ModOp {
   bool fmod;
   template <typename T>
@@ -313,7 +357,8 @@ struct ShiftOp {
   template <typename T>
   T operator()(T a, T b) const {
     static_assert(std::is_unsigned_v<T>);
-    // Shifting by the type's width or more is undefined in C++; the result is 0.
+    // Shifting by the type's width or more is undefined in C++; the result is
+    // 0.
     if (b >= static_cast<T>(sizeof(T) * 8)) return 0;
     return left ? static_cast<T>(a << b) : static_cast<T>(a >> b);
   }
@@ -325,7 +370,8 @@ struct PowOp {
     if constexpr (std::is_floating_point_v<T>) {
       return std::pow(a, b);
     } else {
-      return static_cast<T>(std::pow(static_cast<double>(a), static_cast<double>(b)));
+      return static_cast<T>(
+          std::pow(static_cast<double>(a), static_cast<double>(b)));
     }
   }
 };
@@ -359,10 +405,14 @@ bool HasZero(const Tensor& t) {
   return zero;
 }
 
-// Applies `op` to two tensors of the same dtype. kArith: numeric result of the input
-// type; kUnsigned: like kArith for unsigned integers only; kCompare/kEqual: bool result (kEqual also accepts bool inputs); kLogic: bool.
+// Applies `op` to two tensors of the same dtype. kArith: numeric result of the
+// input type; kUnsigned: like kArith for unsigned integers only;
+// kCompare/kEqual: bool result (kEqual also accepts bool inputs); kLogic: bool
+// inputs and result. `int_divisor_check` rejects a zero integer divisor, which
+// would trap.
 template <TypeSet kTypes, typename Op>
-absl::StatusOr<Tensor> ApplyBinary(const Tensor& a_in, const Tensor& b_in, const Op& op,
+absl::StatusOr<Tensor> ApplyBinary(const Tensor& a_in, const Tensor& b_in,
+                                   const Op& op,
                                    bool int_divisor_check = false) {
   if (a_in.dtype() != b_in.dtype()) {
     return RunError("input types differ: ", DataTypeName(a_in.dtype()), " vs ",
@@ -371,11 +421,13 @@ absl::StatusOr<Tensor> ApplyBinary(const Tensor& a_in, const Tensor& b_in, const
   const DataType orig = a_in.dtype();
   if constexpr (kTypes == kLogic) {
     if (orig != DataType::kBool) return TypeError(a_in);
-    return BroadcastBinary<uint8_t, uint8_t, uint8_t>(a_in, b_in, DataType::kBool, op);
+    return BroadcastBinary<uint8_t, uint8_t, uint8_t>(a_in, b_in,
+                                                      DataType::kBool, op);
   } else {
     QS_ASSIGN_OR_RETURN(Tensor a, ToFloat(a_in));
     QS_ASSIGN_OR_RETURN(Tensor b, ToFloat(b_in));
-    if (int_divisor_check && HasZero(b)) return RunError("integer division by zero");
+    if (int_divisor_check && HasZero(b))
+      return RunError("integer division by zero");
     absl::StatusOr<Tensor> out = TypeError(a_in);
     // Unsigned-only ops never see bool: uint8_t stands for both.
     if (kTypes == kUnsigned && orig == DataType::kBool) return TypeError(a_in);
@@ -391,7 +443,8 @@ absl::StatusOr<Tensor> ApplyBinary(const Tensor& a_in, const Tensor& b_in, const
         out = BroadcastBinary<T, T, uint8_t>(a, b, DataType::kBool, op);
       }
     });
-    if (kTypes == kArith && out.ok() && IsHalf(orig)) return CastTensor(*out, orig);
+    if (kTypes == kArith && out.ok() && IsHalf(orig))
+      return CastTensor(*out, orig);
     return out;
   }
 }
@@ -417,31 +470,16 @@ class BinaryKernel : public Kernel {
 
 template <TypeSet kTypes, typename Op>
 KernelFactory Binary(Op op) {
-  return [op](const KernelInit& init) -> absl::StatusOr<std::unique_ptr<Kernel>> {
-    if (init.node->attrs.Has("broadcast") || init.node->attrs.Has("axis")) {
-      return NodeError(*init.node, "legacy 'broadcast'/'axis' attributes are not supported");
-    }
-    return std::make_unique<BinaryKernel<kTypes, Op>>(op);
-  };
+  return
+      [op](const KernelInit& init) -> absl::StatusOr<std::unique_ptr<Kernel>> {
+        if (init.node->attrs.Has("broadcast") || init.node->attrs.Has("axis")) {
+          return NodeError(
+              *init.node,
+              "legacy 'broadcast'/'axis' attributes are not supported");
+        }
+        return std::make_unique<BinaryKernel<kTypes, Op>>(op);
+      };
 }
-
-// Div and Mod need a zero check on integer divisors (division by zero traps).
-template <typename Op>
-class DivLikeKernel : public Kernel {
- public:
-  explicit DivLikeKernel(Op op) : op_(op) {}
-  absl::Status Run(KernelRunContext& ctx) const override {
-    const Tensor* a = ctx.input(0);
-    const Tensor* b = ctx.input(1);
-    if (a == nullptr || b == nullptr) return RunError("missing input");
-    QS_ASSIGN_OR_RETURN((*ctx.outputs)[0],
-                        ApplyBinary<kArith>(*a, *b, op_, /*int_divisor_check=*/true));
-    return absl::OkStatus();
-  }
-
- private:
-  Op op_;
-};
 
 class NotKernel : public Kernel {
  public:
@@ -459,9 +497,10 @@ class NotKernel : public Kernel {
   }
 };
 
-// Pow: the exponent may have a different type than the base (opset 12+); the result has
-// the base's type. Same-type float32/float64 stays in that type; every other combination
-// is computed in double (exact for integer results below 2^53).
+// Pow: the exponent may have a different type than the base (opset 12+); the
+// result has the base's type. Same-type float32/float64 stays in that type;
+// every other combination is computed in double (exact for integer results
+// below 2^53).
 class PowKernel : public Kernel {
  public:
   absl::Status Run(KernelRunContext& ctx) const override {
@@ -469,11 +508,14 @@ class PowKernel : public Kernel {
     const Tensor* b = ctx.input(1);
     if (a == nullptr || b == nullptr) return RunError("missing input");
     const DataType t = a->dtype();
-    if (t == b->dtype() && (t == DataType::kFloat32 || t == DataType::kFloat64)) {
-      QS_ASSIGN_OR_RETURN((*ctx.outputs)[0], ApplyBinary<kArith>(*a, *b, PowOp()));
+    if (t == b->dtype() &&
+        (t == DataType::kFloat32 || t == DataType::kFloat64)) {
+      QS_ASSIGN_OR_RETURN((*ctx.outputs)[0],
+                          ApplyBinary<kArith>(*a, *b, PowOp()));
       return absl::OkStatus();
     }
-    if (t == DataType::kBool || b->dtype() == DataType::kBool) return TypeError(*a);
+    if (t == DataType::kBool || b->dtype() == DataType::kBool)
+      return TypeError(*a);
     QS_ASSIGN_OR_RETURN(Tensor ad, CastTensor(*a, DataType::kFloat64));
     QS_ASSIGN_OR_RETURN(Tensor bd, CastTensor(*b, DataType::kFloat64));
     QS_ASSIGN_OR_RETURN(Tensor out, ApplyBinary<kArith>(ad, bd, PowOp()));
@@ -488,7 +530,8 @@ class VariadicKernel : public Kernel {
  public:
   VariadicKernel(Op op, bool mean) : op_(op), mean_(mean) {}
   absl::Status Run(KernelRunContext& ctx) const override {
-    if (ctx.num_inputs() == 0 || ctx.input(0) == nullptr) return RunError("missing input");
+    if (ctx.num_inputs() == 0 || ctx.input(0) == nullptr)
+      return RunError("missing input");
     Tensor acc = *ctx.input(0);
     for (size_t i = 1; i < ctx.num_inputs(); ++i) {
       if (ctx.input(i) == nullptr) return RunError("missing input ", i);
@@ -496,7 +539,8 @@ class VariadicKernel : public Kernel {
     }
     if (mean_ && ctx.num_inputs() > 1) {
       const DataType orig = acc.dtype();
-      // acc is a fresh result here (more than one input), so scaling in place is safe.
+      // acc is a fresh result here (more than one input), so scaling in place
+      // is safe.
       QS_ASSIGN_OR_RETURN(Tensor f, ToFloat(acc));
       const int64_t n = f.num_elements();
       const double count = static_cast<double>(ctx.num_inputs());
@@ -521,26 +565,37 @@ class VariadicKernel : public Kernel {
   bool mean_;
 };
 
-// Where(cond, x, y): a three-way broadcast; elements are moved as raw bits, so it works
-// for every element type of the same size.
+// Where(cond, x, y): a three-way broadcast; elements are moved as raw bits, so
+// it works for every element type of the same size.
 class WhereKernel : public Kernel {
  public:
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* c = ctx.input(0);
     const Tensor* x = ctx.input(1);
     const Tensor* y = ctx.input(2);
-    if (c == nullptr || x == nullptr || y == nullptr) return RunError("missing input");
-    if (c->dtype() != DataType::kBool) return RunError("condition must be BOOL");
+    if (c == nullptr || x == nullptr || y == nullptr)
+      return RunError("missing input");
+    if (c->dtype() != DataType::kBool)
+      return RunError("condition must be BOOL");
     if (x->dtype() != y->dtype()) return RunError("X and Y types differ");
     const Shape* shapes[] = {&c->shape(), &x->shape(), &y->shape()};
     QS_ASSIGN_OR_RETURN(BroadcastPlan p, PlanBroadcast(shapes));
     Tensor out = Tensor::Uninitialized(x->dtype(), p.out_shape);
     switch (DataTypeSize(x->dtype())) {
-      case 1: Select<uint8_t>(p, *c, *x, *y, &out); break;
-      case 2: Select<uint16_t>(p, *c, *x, *y, &out); break;
-      case 4: Select<uint32_t>(p, *c, *x, *y, &out); break;
-      case 8: Select<uint64_t>(p, *c, *x, *y, &out); break;
-      default: return TypeError(*x);
+      case 1:
+        Select<uint8_t>(p, *c, *x, *y, &out);
+        break;
+      case 2:
+        Select<uint16_t>(p, *c, *x, *y, &out);
+        break;
+      case 4:
+        Select<uint32_t>(p, *c, *x, *y, &out);
+        break;
+      case 8:
+        Select<uint64_t>(p, *c, *x, *y, &out);
+        break;
+      default:
+        return TypeError(*x);
     }
     (*ctx.outputs)[0] = std::move(out);
     return absl::OkStatus();
@@ -564,14 +619,15 @@ class WhereKernel : public Kernel {
       if (sc != 0 && sx != 0 && sy != 0) {
         for (int64_t i = 0; i < n; ++i) oo[i] = cc[i] ? xx[i] : yy[i];
       } else {
-        for (int64_t i = 0; i < n; ++i) oo[i] = cc[i * sc] ? xx[i * sx] : yy[i * sy];
+        for (int64_t i = 0; i < n; ++i)
+          oo[i] = cc[i * sc] ? xx[i * sx] : yy[i * sy];
       }
     });
   }
 };
 
-// Clip: bounds from attributes (opset 6-10) or optional scalar inputs (11+); an absent
-// bound is the type's limit.
+// Clip: bounds from attributes (opset 6-10) or optional scalar inputs (11+); an
+// absent bound is the type's limit.
 class ClipKernel : public Kernel {
  public:
   ClipKernel(bool from_attrs, float min, float max)
@@ -617,7 +673,8 @@ class ClipKernel : public Kernel {
   template <typename T>
   static absl::Status Bound(const Tensor* t, DataType want, T* v) {
     if (t == nullptr) return absl::OkStatus();
-    if (t->dtype() != want) return RunError("min/max type differs from the input's");
+    if (t->dtype() != want)
+      return RunError("min/max type differs from the input's");
     if (t->num_elements() != 1) return RunError("min/max must be scalars");
     QS_ASSIGN_OR_RETURN(Tensor f, ToFloat(*t));
     *v = f.data<T>()[0];
@@ -630,9 +687,10 @@ class ClipKernel : public Kernel {
 
 template <typename Op>
 KernelFactory Variadic(Op op, bool mean = false) {
-  return [op, mean](const KernelInit&) -> absl::StatusOr<std::unique_ptr<Kernel>> {
-    return std::make_unique<VariadicKernel<Op>>(op, mean);
-  };
+  return
+      [op, mean](const KernelInit&) -> absl::StatusOr<std::unique_ptr<Kernel>> {
+        return std::make_unique<VariadicKernel<Op>>(op, mean);
+      };
 }
 
 template <typename K>
@@ -645,13 +703,18 @@ KernelFactory Simple() {
 }  // namespace
 
 void RegisterBinaryKernels(KernelRegistry* r) {
-  // Opsets below 7 used 'broadcast'/'axis' attributes instead of numpy broadcasting.
+  // Opsets below 7 used 'broadcast'/'axis' attributes instead of numpy
+  // broadcasting.
   r->Register("Add", Binary<kArith>(AddOp()), 7);
   r->Register("Sub", Binary<kArith>(SubOp()), 7);
   r->Register("Mul", Binary<kArith>(MulOp()), 7);
-  r->Register("Div", [](const KernelInit&) -> absl::StatusOr<std::unique_ptr<Kernel>> {
-    return std::make_unique<DivLikeKernel<DivOp>>(DivOp());
-  }, 7);
+  r->Register(
+      "Div",
+      [](const KernelInit&) -> absl::StatusOr<std::unique_ptr<Kernel>> {
+        return std::make_unique<BinaryKernel<kArith, DivOp>>(
+            DivOp(), /*int_divisor_check=*/true);
+      },
+      7);
   r->Register("Pow", Simple<PowKernel>(), 7);
   r->Register("PRelu", Binary<kArith>(PReluOp()), 7);
   r->Register("Equal", Binary<kEqual>(EqualOp()), 7);
@@ -664,41 +727,52 @@ void RegisterBinaryKernels(KernelRegistry* r) {
   r->Register("Xor", Binary<kLogic>(XorOp()), 7);
   r->Register("Not", Simple<NotKernel>(), 1);
   r->Register("Where", Simple<WhereKernel>(), 9);
-  // Opsets 6-7 of the variadic ops had no broadcasting; broadcasting is a superset.
+  // Opsets 6-7 of the variadic ops had no broadcasting; broadcasting is a
+  // superset.
   r->Register("Min", Variadic(MinOp()), 6);
   r->Register("Max", Variadic(MaxOp()), 6);
   r->Register("Sum", Variadic(AddOp()), 6);
   r->Register("Mean", Variadic(AddOp(), /*mean=*/true), 6);
-  r->Register("Mod", [](const KernelInit& init) -> absl::StatusOr<std::unique_ptr<Kernel>> {
-    const int64_t fmod = init.node->attrs.GetInt("fmod", 0);
-    if (fmod != 0 && fmod != 1) {
-      return NodeError(*init.node, "fmod must be 0 or 1, got ", fmod);
-    }
-    return std::make_unique<DivLikeKernel<ModOp>>(ModOp{fmod == 1});
-  }, 10);
-  r->Register("BitShift",
-              [](const KernelInit& init) -> absl::StatusOr<std::unique_ptr<Kernel>> {
-                const std::string dir = init.node->attrs.GetString("direction", "");
-                if (dir != "LEFT" && dir != "RIGHT") {
-                  return NodeError(*init.node, "direction must be LEFT or RIGHT, got '",
-                                   dir, "'");
-                }
-                return std::make_unique<BinaryKernel<kUnsigned, ShiftOp>>(
-                    ShiftOp{dir == "LEFT"});
-              },
-              11);
-  r->Register("Clip", [](const KernelInit& init) -> absl::StatusOr<std::unique_ptr<Kernel>> {
-    const Attributes& a = init.node->attrs;
-    if (init.opset < 11) {
-      return std::make_unique<ClipKernel>(
-          true, a.GetFloat("min", std::numeric_limits<float>::lowest()),
-          a.GetFloat("max", std::numeric_limits<float>::max()));
-    }
-    if (a.Has("min") || a.Has("max")) {
-      return NodeError(*init.node, "min/max are inputs since opset 11, not attributes");
-    }
-    return std::make_unique<ClipKernel>(false, 0.f, 0.f);
-  }, 6);
+  r->Register(
+      "Mod",
+      [](const KernelInit& init) -> absl::StatusOr<std::unique_ptr<Kernel>> {
+        const int64_t fmod = init.node->attrs.GetInt("fmod", 0);
+        if (fmod != 0 && fmod != 1) {
+          return NodeError(*init.node, "fmod must be 0 or 1, got ", fmod);
+        }
+        return std::make_unique<BinaryKernel<kArith, ModOp>>(
+            ModOp{fmod == 1},
+            /*int_divisor_check=*/true);
+      },
+      10);
+  r->Register(
+      "BitShift",
+      [](const KernelInit& init) -> absl::StatusOr<std::unique_ptr<Kernel>> {
+        const std::string dir = init.node->attrs.GetString("direction", "");
+        if (dir != "LEFT" && dir != "RIGHT") {
+          return NodeError(*init.node, "direction must be LEFT or RIGHT, got '",
+                           dir, "'");
+        }
+        return std::make_unique<BinaryKernel<kUnsigned, ShiftOp>>(
+            ShiftOp{dir == "LEFT"});
+      },
+      11);
+  r->Register(
+      "Clip",
+      [](const KernelInit& init) -> absl::StatusOr<std::unique_ptr<Kernel>> {
+        const Attributes& a = init.node->attrs;
+        if (init.opset < 11) {
+          return std::make_unique<ClipKernel>(
+              true, a.GetFloat("min", std::numeric_limits<float>::lowest()),
+              a.GetFloat("max", std::numeric_limits<float>::max()));
+        }
+        if (a.Has("min") || a.Has("max")) {
+          return NodeError(*init.node,
+                           "min/max are inputs since opset 11, not attributes");
+        }
+        return std::make_unique<ClipKernel>(false, 0.f, 0.f);
+      },
+      6);
 }
 
 }  // namespace qs

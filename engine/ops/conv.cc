@@ -34,7 +34,7 @@ enum class ConvKind { kConv, kTranspose };
 struct ConvParams {
   ConvKind kind = ConvKind::kConv;
   int64_t group = 1;
-  std::vector<int64_t> kernel_shape;  // empty: taken from the weights
+  std::vector<int64_t> kernel_shape;              // empty: taken from the weights
   std::vector<int64_t> strides, dilations, pads;  // empty: defaults for the rank
   std::vector<int64_t> output_padding, output_shape;
   AutoPad auto_pad = AutoPad::kNotSet;
@@ -61,8 +61,8 @@ dnnl::memory::desc ActivationDesc(const Shape& shape) { return PlainDesc(shape);
 // Weight dims as oneDNN expects them ([G,] O, I, k...) and the order in which the
 // ONNX buffer stores those dims. Conv weights are ONNX [O, I/G, k...]; ConvTranspose
 // weights are ONNX [I, O/G, k...].
-void WeightLayout(ConvKind kind, const Shape& w, int64_t group,
-                  dnnl::memory::dims* dims, std::vector<int>* order) {
+void WeightLayout(ConvKind kind, const Shape& w, int64_t group, dnnl::memory::dims* dims,
+                  std::vector<int>* order) {
   const int sp = static_cast<int>(w.size()) - 2;
   dims->clear();
   order->clear();
@@ -132,12 +132,18 @@ class ConvKernel : public Kernel {
       QS_ASSIGN_OR_RETURN(auto built, BuildPlan(*x, *w, b, ctx.dnnl));
       plan = state->plans.Insert(std::move(key), std::move(built));
     }
+    // The plan validated the B it was built with; a later B of another size would be
+    // read out of bounds.
+    if (b != nullptr && b->num_elements() != plan->out_shape[1]) {
+      return RunError("B ", ShapeToString(b->shape()), " must be [", plan->out_shape[1],
+                      "]");
+    }
     Tensor y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
     if (!plan->empty) {
       plan->src.set_data_handle(const_cast<void*>(x->raw_data()));
       plan->dst.set_data_handle(y.raw_data());
-      std::unordered_map<int, dnnl::memory> args = {
-          {DNNL_ARG_SRC, plan->src}, {DNNL_ARG_DST, plan->dst}};
+      std::unordered_map<int, dnnl::memory> args = {{DNNL_ARG_SRC, plan->src},
+                                                    {DNNL_ARG_DST, plan->dst}};
       if (!plan->const_weights) {
         plan->weights.set_data_handle(const_cast<void*>(w->raw_data()));
       }
@@ -192,7 +198,7 @@ class ConvKernel : public Kernel {
       return RunError("kernel_shape ", ShapeToString(params_.kernel_shape),
                       " does not match W ", ShapeToString(w.shape()));
     }
-    auto or_default = [sp](const std::vector<int64_t>& v, size_t n, int64_t def) {
+    auto or_default = [](const std::vector<int64_t>& v, size_t n, int64_t def) {
       return v.empty() ? std::vector<int64_t>(n, def) : v;
     };
     const std::vector<int64_t> strides = or_default(params_.strides, sp, 1);
@@ -244,31 +250,27 @@ class ConvKernel : public Kernel {
         packed_ ? dnnl::memory::desc(user_w_md.dims(), dnnl::memory::data_type::f32,
                                      dnnl::memory::format_tag::any)
                 : user_w_md;
-    const dnnl::memory::desc b_md = b != nullptr ? PlainDesc(b->shape())
-                                                 : dnnl::memory::desc();
+    const dnnl::memory::desc b_md =
+        b != nullptr ? PlainDesc(b->shape()) : dnnl::memory::desc();
     const dnnl::memory::dims st(strides.begin(), strides.end());
     const dnnl::primitive_attr attr = MakeActivationAttr(params_.act);
     const auto prop = dnnl::prop_kind::forward_inference;
     dnnl::memory::desc packed_w_md;
+    // A zero bias descriptor (no B input) means "no bias" to oneDNN.
     if (!transpose) {
-      auto desc = b != nullptr
-          ? dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct,
-                                            src_md, w_md, b_md, dst_md, st, dil, pad_l,
-                                            pad_r)
-          : dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct,
-                                            src_md, w_md, dst_md, st, dil, pad_l, pad_r);
-      dnnl::convolution_forward::primitive_desc pd(desc, attr, eng);
+      dnnl::convolution_forward::primitive_desc pd(
+          dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct,
+                                          src_md, w_md, b_md, dst_md, st, dil, pad_l,
+                                          pad_r),
+          attr, eng);
       packed_w_md = pd.weights_desc();
       plan->prim = dnnl::convolution_forward(pd);
     } else {
-      auto desc = b != nullptr
-          ? dnnl::deconvolution_forward::desc(
-                prop, dnnl::algorithm::deconvolution_direct, src_md, w_md, b_md, dst_md,
-                st, dil, pad_l, pad_r)
-          : dnnl::deconvolution_forward::desc(
-                prop, dnnl::algorithm::deconvolution_direct, src_md, w_md, dst_md, st,
-                dil, pad_l, pad_r);
-      dnnl::deconvolution_forward::primitive_desc pd(desc, attr, eng);
+      dnnl::deconvolution_forward::primitive_desc pd(
+          dnnl::deconvolution_forward::desc(prop, dnnl::algorithm::deconvolution_direct,
+                                            src_md, w_md, b_md, dst_md, st, dil, pad_l,
+                                            pad_r),
+          attr, eng);
       packed_w_md = pd.weights_desc();
       plan->prim = dnnl::deconvolution_forward(pd);
     }
@@ -300,8 +302,8 @@ class ConvKernel : public Kernel {
                                 dnnl::memory::dims* pad_l,
                                 dnnl::memory::dims* pad_r) const {
     const int sp = static_cast<int>(in.size());
-    std::vector<int64_t> out_pad =
-        params_.output_padding.empty() ? std::vector<int64_t>(sp, 0)
+    std::vector<int64_t> out_pad = params_.output_padding.empty()
+                                       ? std::vector<int64_t>(sp, 0)
                                        : params_.output_padding;
     if (static_cast<int>(out_pad.size()) != sp) {
       return RunError("output_padding has ", out_pad.size(), " values for ", sp,
@@ -357,9 +359,9 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeConv(const KernelInit& init, ConvKin
         node, {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides",
                kFusedActivationAttr, kFusedActivationParamsAttr}));
   } else {
-    QS_RETURN_IF_ERROR(CheckAttributes(
-        node, {"auto_pad", "dilations", "group", "kernel_shape", "output_padding",
-               "output_shape", "pads", "strides"}));
+    QS_RETURN_IF_ERROR(
+        CheckAttributes(node, {"auto_pad", "dilations", "group", "kernel_shape",
+                               "output_padding", "output_shape", "pads", "strides"}));
   }
   if (node.inputs.size() < 2 || node.inputs[0].empty() || node.inputs[1].empty()) {
     return NodeError(node, "needs inputs X and W");
@@ -386,8 +388,8 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeConv(const KernelInit& init, ConvKin
     if (v < 0) return NodeError(node, "negative pads are not supported");
   }
   if (!p.pads.empty() && p.auto_pad != AutoPad::kNotSet) {
-    bool all_zero = std::all_of(p.pads.begin(), p.pads.end(),
-                                [](int64_t v) { return v == 0; });
+    bool all_zero =
+        std::all_of(p.pads.begin(), p.pads.end(), [](int64_t v) { return v == 0; });
     if (!all_zero) return NodeError(node, "pads and auto_pad are both set");
   }
   for (int64_t v : p.output_padding) {
@@ -416,12 +418,12 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeConv(const KernelInit& init, ConvKin
 
 void RegisterConvKernels(KernelRegistry* r) {
   // Conv-1 and Conv-11 differ only in schema details the kernel handles identically.
-  r->Register("Conv", [](const KernelInit& init) {
-    return MakeConv(init, ConvKind::kConv);
-  }, 1, 17);
-  r->Register("ConvTranspose", [](const KernelInit& init) {
-    return MakeConv(init, ConvKind::kTranspose);
-  }, 1, 17);
+  r->Register(
+      "Conv", [](const KernelInit& init) { return MakeConv(init, ConvKind::kConv); }, 1,
+      17);
+  r->Register(
+      "ConvTranspose",
+      [](const KernelInit& init) { return MakeConv(init, ConvKind::kTranspose); }, 1, 17);
 }
 
 }  // namespace qs

@@ -12,8 +12,8 @@ absl::Status CheckAttributes(const Node& node,
                              std::initializer_list<absl::string_view> allowed) {
   for (const std::string& name : node.attrs.Names()) {
     if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
-      return NodeError(node, "unsupported attribute '", name, "' (supported: ",
-                       absl::StrJoin(allowed, ", "), ")");
+      return NodeError(node, "unsupported attribute '", name,
+                       "' (supported: ", absl::StrJoin(allowed, ", "), ")");
     }
   }
   return absl::OkStatus();
@@ -27,18 +27,6 @@ absl::StatusOr<int> NormalizeAxis(int64_t axis, int rank) {
   return static_cast<int>(axis < 0 ? axis + rank : axis);
 }
 
-float FusedActivation::Apply(float v) const {
-  switch (kind) {
-    case Kind::kNone:
-      return v;
-    case Kind::kRelu:
-      return v > 0.f ? v : 0.f;
-    case Kind::kClip:
-      return std::min(std::max(v, lo), hi);
-  }
-  return v;
-}
-
 absl::StatusOr<FusedActivation> ParseFusedActivation(const Node& node) {
   FusedActivation act;
   if (!node.attrs.Has(kFusedActivationAttr)) return act;
@@ -48,8 +36,8 @@ absl::StatusOr<FusedActivation> ParseFusedActivation(const Node& node) {
   } else if (kind == "Clip") {
     const std::vector<float> p = node.attrs.GetFloats(kFusedActivationParamsAttr);
     if (p.size() != 2) {
-      return NodeError(node, "fused Clip needs 2 bounds in '",
-                       kFusedActivationParamsAttr, "'");
+      return NodeError(node, "fused Clip needs 2 bounds in '", kFusedActivationParamsAttr,
+                       "'");
     }
     act.kind = FusedActivation::Kind::kClip;
     act.lo = p[0];
@@ -62,14 +50,12 @@ absl::StatusOr<FusedActivation> ParseFusedActivation(const Node& node) {
 
 void AppendActivation(const FusedActivation& act, dnnl::post_ops* ops) {
   switch (act.kind) {
-    case FusedActivation::Kind::kNone:
-      break;
+    case FusedActivation::Kind::kNone: break;
     case FusedActivation::Kind::kRelu:
       ops->append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
       break;
     case FusedActivation::Kind::kClip:
-      // ReLU6-style clips are common; bounded_relu has the tightest JIT kernels for
-      // them, clip covers any other range.
+      // ReLU6 is oneDNN's bounded_relu; any other range is a plain clip.
       if (act.lo == 0.f && act.hi > 0.f) {
         ops->append_eltwise(1.f, dnnl::algorithm::eltwise_bounded_relu, act.hi, 0.f);
       } else {
@@ -126,8 +112,7 @@ dnnl::memory::desc PlainDesc(absl::Span<const int64_t> shape,
 }
 
 dnnl::memory::desc PermutedDesc(const dnnl::memory::dims& dims,
-                                absl::Span<const int> order,
-                                dnnl::memory::data_type dt) {
+                                absl::Span<const int> order, dnnl::memory::data_type dt) {
   dnnl::memory::dims strides(dims.size());
   int64_t s = 1;
   for (int i = static_cast<int>(order.size()) - 1; i >= 0; --i) {
@@ -142,18 +127,6 @@ dnnl::memory WrapTensor(const dnnl::memory::desc& md, const Tensor& t,
   return dnnl::memory(md, engine, const_cast<void*>(t.raw_data()));
 }
 
-dnnl::memory::data_type ToDnnlDataType(DataType dtype) {
-  using dt = dnnl::memory::data_type;
-  switch (dtype) {
-    case DataType::kFloat32: return dt::f32;
-    case DataType::kBFloat16: return dt::bf16;
-    case DataType::kInt8: return dt::s8;
-    case DataType::kUInt8: return dt::u8;
-    case DataType::kInt32: return dt::s32;
-    default: return dt::undef;
-  }
-}
-
 dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md,
                                 DnnlResources* dnnl) const {
   if (packed_md == user_md_) return WrapTensor(user_md_, weights_, dnnl->engine);
@@ -166,7 +139,8 @@ dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md,
   }
   // A byte tensor as the owner: 64-byte aligned, and shared by reference counting.
   Tensor buffer = Tensor::Uninitialized(
-      DataType::kUInt8, {static_cast<int64_t>(std::max<size_t>(packed_md.get_size(), 1))});
+      DataType::kUInt8,
+      {static_cast<int64_t>(std::max<size_t>(packed_md.get_size(), 1))});
   dnnl::memory src = WrapTensor(user_md_, weights_, dnnl->engine);
   dnnl::memory dst(packed_md, dnnl->engine, buffer.raw_data());
   dnnl::reorder(src, dst).execute(dnnl->stream, src, dst);
@@ -218,8 +192,8 @@ absl::Status WindowGeometry::Resolve(absl::Span<const int64_t> in,
                                      std::vector<int64_t>* pad_end) const {
   const int n = num_spatial();
   if (static_cast<int>(in.size()) != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input has ", in.size(), " spatial dims, the kernel ", n));
+    return absl::InvalidArgumentError(
+        absl::StrCat("input has ", in.size(), " spatial dims, the kernel ", n));
   }
   out->assign(n, 0);
   pad_begin->assign(n, 0);
@@ -251,9 +225,9 @@ absl::Status WindowGeometry::Resolve(absl::Span<const int64_t> in,
       }
     }
     if (o < 1 && in[i] > 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "spatial dim ", i, " of size ", in[i], " is smaller than the window extent ",
-          ext));
+      return absl::InvalidArgumentError(
+          absl::StrCat("spatial dim ", i, " of size ", in[i],
+                       " is smaller than the window extent ", ext));
     }
     // ceil_mode may need a last window that overhangs the end padding: grow pe so
     // that out == (in + pb + pe - ext) / s + 1 (floor) holds, as oneDNN requires.

@@ -27,7 +27,7 @@ namespace qs {
 // ---- attributes -------------------------------------------------------------------
 
 // The engine-internal attribute the fusion pass sets on a Conv to fold the activation
-// that follows it: "Relu" or "Clip" (bounds in kFusedActivationParams = [min, max]).
+// that follows it: "Relu" or "Clip" (bounds in kFusedActivationParamsAttr = [min, max]).
 inline constexpr char kFusedActivationAttr[] = "qs_fused_activation";
 inline constexpr char kFusedActivationParamsAttr[] = "qs_fused_activation_params";
 
@@ -50,8 +50,6 @@ struct FusedActivation {
   float hi = 0.f;
 
   bool none() const { return kind == Kind::kNone; }
-  // Applies the activation to one value (for kernels that do not run on oneDNN).
-  float Apply(float v) const;
 };
 
 // Reads kFusedActivationAttr (and its params) from `node`; InvalidArgument for an
@@ -78,17 +76,14 @@ dnnl::memory::desc PlainDesc(absl::Span<const int64_t> shape,
 // A descriptor for `dims` whose elements are laid out in the row-major order of the
 // permuted dims: `order[i]` is the logical dim stored at position i (outermost first).
 // E.g. dims {O, I} with order {1, 0} describes an [I, O] row-major buffer.
-dnnl::memory::desc PermutedDesc(const dnnl::memory::dims& dims,
-                                absl::Span<const int> order,
-                                dnnl::memory::data_type dt = dnnl::memory::data_type::f32);
+dnnl::memory::desc PermutedDesc(
+    const dnnl::memory::dims& dims, absl::Span<const int> order,
+    dnnl::memory::data_type dt = dnnl::memory::data_type::f32);
 
 // Wraps a tensor's buffer (no copy). oneDNN takes a non-const handle; kernels only
 // read input buffers through it.
 dnnl::memory WrapTensor(const dnnl::memory::desc& md, const Tensor& t,
                         const dnnl::engine& engine);
-
-// DnnlDataType of a tensor element type, or undef when oneDNN cannot compute on it.
-dnnl::memory::data_type ToDnnlDataType(DataType dtype);
 
 // ---- weights packed once --------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 // Indexing ops: Gather, GatherElements, ArgMax/ArgMin, TopK, NonZero, OneHot.
-// Tensors are viewed as [outer, axis, inner] so the hot loops copy or compare whole
-// contiguous inner rows.
+// Tensors are viewed as [outer, axis, inner] so the hot loops copy or compare
+// whole contiguous inner rows.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -19,23 +19,46 @@ struct Tag {
   using type = T;
 };
 
-bool IsHalf(DataType t) { return t == DataType::kFloat16 || t == DataType::kBFloat16; }
+bool IsHalf(DataType t) {
+  return t == DataType::kFloat16 || t == DataType::kBFloat16;
+}
 
 // Calls f(Tag<T>()) for the ten plain numeric types; false for anything else.
 template <typename F>
 bool VisitNumeric(DataType t, F&& f) {
   switch (t) {
-    case DataType::kFloat32: f(Tag<float>()); return true;
-    case DataType::kFloat64: f(Tag<double>()); return true;
-    case DataType::kInt8: f(Tag<int8_t>()); return true;
-    case DataType::kInt16: f(Tag<int16_t>()); return true;
-    case DataType::kInt32: f(Tag<int32_t>()); return true;
-    case DataType::kInt64: f(Tag<int64_t>()); return true;
-    case DataType::kUInt8: f(Tag<uint8_t>()); return true;
-    case DataType::kUInt16: f(Tag<uint16_t>()); return true;
-    case DataType::kUInt32: f(Tag<uint32_t>()); return true;
-    case DataType::kUInt64: f(Tag<uint64_t>()); return true;
-    default: return false;
+    case DataType::kFloat32:
+      f(Tag<float>());
+      return true;
+    case DataType::kFloat64:
+      f(Tag<double>());
+      return true;
+    case DataType::kInt8:
+      f(Tag<int8_t>());
+      return true;
+    case DataType::kInt16:
+      f(Tag<int16_t>());
+      return true;
+    case DataType::kInt32:
+      f(Tag<int32_t>());
+      return true;
+    case DataType::kInt64:
+      f(Tag<int64_t>());
+      return true;
+    case DataType::kUInt8:
+      f(Tag<uint8_t>());
+      return true;
+    case DataType::kUInt16:
+      f(Tag<uint16_t>());
+      return true;
+    case DataType::kUInt32:
+      f(Tag<uint32_t>());
+      return true;
+    case DataType::kUInt64:
+      f(Tag<uint64_t>());
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -67,7 +90,8 @@ absl::StatusOr<std::vector<int64_t>> ReadIndices(const Tensor& t, int64_t dim) {
   } else if (t.dtype() == DataType::kInt32) {
     std::copy(t.data<int32_t>(), t.data<int32_t>() + n, v.begin());
   } else {
-    return RunError("indices must be INT64 or INT32, got ", DataTypeName(t.dtype()));
+    return RunError("indices must be INT64 or INT32, got ",
+                    DataTypeName(t.dtype()));
   }
   for (int64_t& i : v) {
     if (i < -dim || i >= dim) {
@@ -101,14 +125,15 @@ std::unique_ptr<Kernel> MakeKernel(F f) {
   return std::make_unique<FnKernel<F>>(std::move(f));
 }
 
-#define QS_REQUIRE_INPUT(var, ctx, i)                                \
-  const Tensor* var = (ctx).input(i);                                \
+#define QS_REQUIRE_INPUT(var, ctx, i) \
+  const Tensor* var = (ctx).input(i); \
   if (var == nullptr) return RunError("missing required input ", i)
 
 // ---------------------------------------------------------------------------------------
 
 template <typename T>
-void GatherRows(const T* src, const std::vector<int64_t>& idx, const AxisView& v, T* dst) {
+void GatherRows(const T* src, const std::vector<int64_t>& idx,
+                const AxisView& v, T* dst) {
   const int64_t m = static_cast<int64_t>(idx.size());
   for (int64_t o = 0; o < v.outer; ++o) {
     const T* base = src + o * v.n * v.inner;
@@ -116,7 +141,8 @@ void GatherRows(const T* src, const std::vector<int64_t>& idx, const AxisView& v
       for (int64_t j = 0; j < m; ++j) dst[j] = base[idx[j]];
     } else {
       for (int64_t j = 0; j < m; ++j) {
-        std::memcpy(dst + j * v.inner, base + idx[j] * v.inner, v.inner * sizeof(T));
+        std::memcpy(dst + j * v.inner, base + idx[j] * v.inner,
+                    v.inner * sizeof(T));
       }
     }
     dst += m * v.inner;
@@ -132,15 +158,25 @@ FactoryResult MakeGather(const KernelInit& init) {
     const AxisView v = ViewAround(data->shape(), axis);
     QS_ASSIGN_OR_RETURN(std::vector<int64_t> idx, ReadIndices(*indices, v.n));
     Shape out_shape(data->shape().begin(), data->shape().begin() + axis);
-    out_shape.insert(out_shape.end(), indices->shape().begin(), indices->shape().end());
-    out_shape.insert(out_shape.end(), data->shape().begin() + axis + 1, data->shape().end());
+    out_shape.insert(out_shape.end(), indices->shape().begin(),
+                     indices->shape().end());
+    out_shape.insert(out_shape.end(), data->shape().begin() + axis + 1,
+                     data->shape().end());
     Tensor out = Tensor::Uninitialized(data->dtype(), out_shape);
     if (out.num_elements() > 0) {
       switch (DataTypeSize(data->dtype())) {
-        case 1: GatherRows(data->data<uint8_t>(), idx, v, out.data<uint8_t>()); break;
-        case 2: GatherRows(data->data<uint16_t>(), idx, v, out.data<uint16_t>()); break;
-        case 4: GatherRows(data->data<uint32_t>(), idx, v, out.data<uint32_t>()); break;
-        default: GatherRows(data->data<uint64_t>(), idx, v, out.data<uint64_t>()); break;
+        case 1:
+          GatherRows(data->data<uint8_t>(), idx, v, out.data<uint8_t>());
+          break;
+        case 2:
+          GatherRows(data->data<uint16_t>(), idx, v, out.data<uint16_t>());
+          break;
+        case 4:
+          GatherRows(data->data<uint32_t>(), idx, v, out.data<uint32_t>());
+          break;
+        default:
+          GatherRows(data->data<uint64_t>(), idx, v, out.data<uint64_t>());
+          break;
       }
     }
     (*ctx.outputs)[0] = std::move(out);
@@ -182,7 +218,8 @@ FactoryResult MakeGatherElements(const KernelInit& init) {
     const int rank = data->rank();
     QS_ASSIGN_OR_RETURN(int64_t axis, NormalizeAxis(axis_attr, rank));
     if (indices->rank() != rank) {
-      return RunError("indices rank ", indices->rank(), " differs from data rank ", rank);
+      return RunError("indices rank ", indices->rank(),
+                      " differs from data rank ", rank);
     }
     for (int d = 0; d < rank; ++d) {
       if (d != axis && indices->dim(d) > data->dim(d)) {
@@ -190,15 +227,27 @@ FactoryResult MakeGatherElements(const KernelInit& init) {
                         " exceeds data shape ", ShapeToString(data->shape()));
       }
     }
-    QS_ASSIGN_OR_RETURN(std::vector<int64_t> idx,
-                        ReadIndices(*indices, data->dim(static_cast<int>(axis))));
+    QS_ASSIGN_OR_RETURN(
+        std::vector<int64_t> idx,
+        ReadIndices(*indices, data->dim(static_cast<int>(axis))));
     Tensor out = Tensor::Uninitialized(data->dtype(), indices->shape());
     if (out.num_elements() > 0) {
       switch (DataTypeSize(data->dtype())) {
-        case 1: GatherElementsImpl<uint8_t>(*data, idx, indices->shape(), axis, &out); break;
-        case 2: GatherElementsImpl<uint16_t>(*data, idx, indices->shape(), axis, &out); break;
-        case 4: GatherElementsImpl<uint32_t>(*data, idx, indices->shape(), axis, &out); break;
-        default: GatherElementsImpl<uint64_t>(*data, idx, indices->shape(), axis, &out); break;
+        case 1:
+          GatherElementsImpl<uint8_t>(*data, idx, indices->shape(), axis, &out);
+          break;
+        case 2:
+          GatherElementsImpl<uint16_t>(*data, idx, indices->shape(), axis,
+                                       &out);
+          break;
+        case 4:
+          GatherElementsImpl<uint32_t>(*data, idx, indices->shape(), axis,
+                                       &out);
+          break;
+        default:
+          GatherElementsImpl<uint64_t>(*data, idx, indices->shape(), axis,
+                                       &out);
+          break;
       }
     }
     (*ctx.outputs)[0] = std::move(out);
@@ -207,8 +256,8 @@ FactoryResult MakeGatherElements(const KernelInit& init) {
 }
 
 // ---------------------------------------------------------------------------------------
-// ArgMax / ArgMin: walks the axis in the middle loop so the inner loop compares whole
-// contiguous rows against the running best.
+// ArgMax / ArgMin: walks the axis in the middle loop so the inner loop compares
+// whole contiguous rows against the running best.
 
 template <typename T, bool kMax, bool kLast>
 void ArgReduce(const T* src, const AxisView& v, int64_t* out) {
@@ -262,27 +311,32 @@ FactoryResult MakeArg(const KernelInit& init, bool is_max) {
       using T = typename decltype(tag)::type;
       const T* src = x.data<T>();
       if (is_max) {
-        last ? ArgReduce<T, true, true>(src, v, po) : ArgReduce<T, true, false>(src, v, po);
+        last ? ArgReduce<T, true, true>(src, v, po)
+             : ArgReduce<T, true, false>(src, v, po);
       } else {
-        last ? ArgReduce<T, false, true>(src, v, po) : ArgReduce<T, false, false>(src, v, po);
+        last ? ArgReduce<T, false, true>(src, v, po)
+             : ArgReduce<T, false, false>(src, v, po);
       }
     });
-    if (!ok) return RunError("unsupported element type ", DataTypeName(x.dtype()));
+    if (!ok)
+      return RunError("unsupported element type ", DataTypeName(x.dtype()));
     (*ctx.outputs)[0] = std::move(out);
     return absl::OkStatus();
   });
 }
 
 // ---------------------------------------------------------------------------------------
-// TopK: per [outer, inner] slice, a partial sort of (value, index) pairs; ties keep the
-// lower index first, as ONNX requires.
+// TopK: per [outer, inner] slice, a partial sort of (value, index) pairs; ties
+// keep the lower index first, as ONNX requires.
 
 template <typename T>
-void TopKImpl(const T* src, const AxisView& v, int64_t k, bool largest, T* values,
-              int64_t* indices) {
+void TopKImpl(const T* src, const AxisView& v, int64_t k, bool largest,
+              T* values, int64_t* indices) {
   std::vector<std::pair<T, int64_t>> buf(v.n);
-  auto cmp = [largest](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) {
-    if (a.first != b.first) return largest ? a.first > b.first : a.first < b.first;
+  auto cmp = [largest](const std::pair<T, int64_t>& a,
+                       const std::pair<T, int64_t>& b) {
+    if (a.first != b.first)
+      return largest ? a.first > b.first : a.first < b.first;
     return a.second < b.second;
   };
   for (int64_t o = 0; o < v.outer; ++o) {
@@ -323,14 +377,16 @@ FactoryResult MakeTopK(const KernelInit& init) {
     }
     QS_ASSIGN_OR_RETURN(int64_t axis, NormalizeAxis(axis_attr, x.rank()));
     const AxisView v = ViewAround(x.shape(), axis);
-    if (k < 0 || k > v.n) return RunError("K=", k, " is out of range for axis size ", v.n);
+    if (k < 0 || k > v.n)
+      return RunError("K=", k, " is out of range for axis size ", v.n);
     Shape out_shape = x.shape();
     out_shape[axis] = k;
     Tensor values = Tensor::Uninitialized(x.dtype(), out_shape);
     Tensor indices = Tensor::Uninitialized(DataType::kInt64, out_shape);
     const bool ok = VisitNumeric(x.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
-      TopKImpl(x.data<T>(), v, k, largest, values.data<T>(), indices.data<int64_t>());
+      TopKImpl(x.data<T>(), v, k, largest, values.data<T>(),
+               indices.data<int64_t>());
     });
     if (!ok) return RunError("unsupported element type ", DataTypeName(orig));
     if (IsHalf(orig)) {
@@ -352,7 +408,8 @@ FactoryResult MakeNonZero(const KernelInit&) {
     if (IsHalf(x.dtype())) {
       QS_ASSIGN_OR_RETURN(x, CastTensor(x, DataType::kFloat32));
     }
-    const DataType t = x.dtype() == DataType::kBool ? DataType::kUInt8 : x.dtype();
+    const DataType t =
+        x.dtype() == DataType::kBool ? DataType::kUInt8 : x.dtype();
     const int64_t n = x.num_elements();
     std::vector<int64_t> hits;
     const bool ok = VisitNumeric(t, [&](auto tag) {
@@ -362,7 +419,8 @@ FactoryResult MakeNonZero(const KernelInit&) {
         if (p[i] != T(0)) hits.push_back(i);
       }
     });
-    if (!ok) return RunError("unsupported element type ", DataTypeName(x_in->dtype()));
+    if (!ok)
+      return RunError("unsupported element type ", DataTypeName(x_in->dtype()));
     const int rank = x.rank();
     const int64_t nnz = static_cast<int64_t>(hits.size());
     Tensor out = Tensor::Uninitialized(DataType::kInt64, {rank, nnz});
@@ -380,14 +438,15 @@ FactoryResult MakeNonZero(const KernelInit&) {
 }
 
 template <typename T>
-void OneHotFill(const std::vector<int64_t>& idx, int64_t depth, const AxisView& v,
-                T off, T on, T* out) {
+void OneHotFill(const std::vector<int64_t>& idx, int64_t depth,
+                const AxisView& v, T off, T on, T* out) {
   std::fill(out, out + v.outer * depth * v.inner, off);
   for (int64_t o = 0; o < v.outer; ++o) {
     for (int64_t i = 0; i < v.inner; ++i) {
       int64_t k = idx[o * v.inner + i];
       if (k < 0) k += depth;
-      if (k < 0 || k >= depth) continue;  // out of range: the row stays all "off"
+      if (k < 0 || k >= depth)
+        continue;  // out of range: the row stays all "off"
       out[(o * depth + k) * v.inner + i] = on;
     }
   }
@@ -400,13 +459,15 @@ FactoryResult MakeOneHot(const KernelInit& init) {
     QS_REQUIRE_INPUT(depth_t, ctx, 1);
     QS_REQUIRE_INPUT(values, ctx, 2);
     if (depth_t->num_elements() != 1) return RunError("depth must be a scalar");
-    if (values->num_elements() != 2) return RunError("values must hold [off, on]");
-    QS_ASSIGN_OR_RETURN(Tensor depth_d, CastTensor(*depth_t, DataType::kFloat64));
+    if (values->num_elements() != 2)
+      return RunError("values must hold [off, on]");
+    QS_ASSIGN_OR_RETURN(Tensor depth_d,
+                        CastTensor(*depth_t, DataType::kFloat64));
     const int64_t depth = static_cast<int64_t>(depth_d.data<double>()[0]);
     if (depth < 1) return RunError("depth must be positive, got ", depth);
     QS_ASSIGN_OR_RETURN(Tensor idx_t, CastTensor(*indices, DataType::kInt64));
-    const std::vector<int64_t> idx(idx_t.data<int64_t>(),
-                                   idx_t.data<int64_t>() + idx_t.num_elements());
+    const std::vector<int64_t> idx(
+        idx_t.data<int64_t>(), idx_t.data<int64_t>() + idx_t.num_elements());
     const int64_t out_rank = indices->rank() + 1;
     QS_ASSIGN_OR_RETURN(int64_t axis, NormalizeAxis(axis_attr, out_rank));
     Shape out_shape = indices->shape();
@@ -414,10 +475,22 @@ FactoryResult MakeOneHot(const KernelInit& init) {
     const AxisView v = ViewAround(out_shape, axis);
     Tensor out = Tensor::Uninitialized(values->dtype(), out_shape);
     switch (DataTypeSize(values->dtype())) {
-      case 1: OneHotFill(idx, depth, v, values->data<uint8_t>()[0], values->data<uint8_t>()[1], out.data<uint8_t>()); break;
-      case 2: OneHotFill(idx, depth, v, values->data<uint16_t>()[0], values->data<uint16_t>()[1], out.data<uint16_t>()); break;
-      case 4: OneHotFill(idx, depth, v, values->data<uint32_t>()[0], values->data<uint32_t>()[1], out.data<uint32_t>()); break;
-      default: OneHotFill(idx, depth, v, values->data<uint64_t>()[0], values->data<uint64_t>()[1], out.data<uint64_t>()); break;
+      case 1:
+        OneHotFill(idx, depth, v, values->data<uint8_t>()[0],
+                   values->data<uint8_t>()[1], out.data<uint8_t>());
+        break;
+      case 2:
+        OneHotFill(idx, depth, v, values->data<uint16_t>()[0],
+                   values->data<uint16_t>()[1], out.data<uint16_t>());
+        break;
+      case 4:
+        OneHotFill(idx, depth, v, values->data<uint32_t>()[0],
+                   values->data<uint32_t>()[1], out.data<uint32_t>());
+        break;
+      default:
+        OneHotFill(idx, depth, v, values->data<uint64_t>()[0],
+                   values->data<uint64_t>()[1], out.data<uint64_t>());
+        break;
     }
     (*ctx.outputs)[0] = std::move(out);
     return absl::OkStatus();
@@ -431,8 +504,10 @@ FactoryResult MakeOneHot(const KernelInit& init) {
 void RegisterIndexKernels(KernelRegistry* r) {
   r->Register("Gather", MakeGather, 1);
   r->Register("GatherElements", MakeGatherElements, 11);
-  r->Register("ArgMax", [](const KernelInit& init) { return MakeArg(init, true); }, 1);
-  r->Register("ArgMin", [](const KernelInit& init) { return MakeArg(init, false); }, 1);
+  r->Register(
+      "ArgMax", [](const KernelInit& init) { return MakeArg(init, true); }, 1);
+  r->Register(
+      "ArgMin", [](const KernelInit& init) { return MakeArg(init, false); }, 1);
   r->Register("TopK", MakeTopK, 1);
   r->Register("NonZero", MakeNonZero, 9);
   r->Register("OneHot", MakeOneHot, 9);

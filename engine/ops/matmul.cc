@@ -27,9 +27,9 @@ using dnnl::memory;
 // The numpy matmul problem: A [..., M, K] x B [..., K, N] with 1-D operands promoted
 // and batch dims broadcast.
 struct MatMulShape {
-  Shape a, b;        // operands padded to the same rank >= 2
-  Shape out_full;    // broadcast batch + [M, N]
-  Shape out;         // out_full without the promoted dims
+  Shape a, b;      // operands padded to the same rank >= 2
+  Shape out_full;  // broadcast batch + [M, N]
+  Shape out;       // out_full without the promoted dims
   int64_t m = 0, k = 0, n = 0;
 };
 
@@ -56,8 +56,8 @@ absl::StatusOr<MatMulShape> ResolveMatMul(const Shape& a_in, const Shape& b_in) 
   }
   for (size_t i = 0; i + 2 < rank; ++i) {
     if (s.a[i] != s.b[i] && s.a[i] != 1 && s.b[i] != 1) {
-      return RunError("MatMul batch dims do not broadcast: ", ShapeToString(a_in),
-                      " x ", ShapeToString(b_in));
+      return RunError("MatMul batch dims do not broadcast: ", ShapeToString(a_in), " x ",
+                      ShapeToString(b_in));
     }
     s.out_full.push_back(s.a[i] == 1 ? s.b[i] : s.a[i]);
   }
@@ -105,12 +105,12 @@ void NaiveMatMul(const MatMulShape& s, const T* a, const T* b, T* y) {
 
 struct MatMulPlan {
   Shape out_shape;
-  bool skip = false;        // empty output, or K == 0 (output is zeros / bias only)
+  bool skip = false;  // empty output, or K == 0 (output is zeros / bias only)
   dnnl::matmul prim;
   memory src, weights, dst, bias, post_src;
   bool const_weights = false;
-  bool has_bias = false;       // DNNL_ARG_BIAS
-  bool has_post_src = false;   // binary post-op 0 input (at post-op index `post_index`)
+  bool has_bias = false;      // DNNL_ARG_BIAS
+  bool has_post_src = false;  // C as the src1 of the binary post-op at `post_index`
   int post_index = 0;
 };
 
@@ -163,7 +163,8 @@ class MatMulKernel : public Kernel {
     Tensor y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
     plan->src.set_data_handle(const_cast<void*>(a->raw_data()));
     plan->dst.set_data_handle(y.raw_data());
-    if (!plan->const_weights) plan->weights.set_data_handle(const_cast<void*>(b->raw_data()));
+    if (!plan->const_weights)
+      plan->weights.set_data_handle(const_cast<void*>(b->raw_data()));
     plan->prim.execute(ctx.dnnl->stream, {{DNNL_ARG_SRC, plan->src},
                                           {DNNL_ARG_WEIGHTS, plan->weights},
                                           {DNNL_ARG_DST, plan->dst}});
@@ -230,8 +231,7 @@ class MatMulKernel : public Kernel {
       case DataType::kUInt64:
         NaiveMatMul(s, a.data<uint64_t>(), b.data<uint64_t>(), y.data<uint64_t>());
         break;
-      default:
-        return RunError("unsupported type ", DataTypeName(a.dtype()));
+      default: return RunError("unsupported type ", DataTypeName(a.dtype()));
     }
     (*ctx.outputs)[0] = std::move(y);
     return absl::OkStatus();
@@ -250,8 +250,7 @@ struct GemmParams {
 };
 
 // C broadcast to [M, N]: its (rows, cols), each 1 or the full extent.
-absl::StatusOr<std::pair<int64_t, int64_t>> CShape(const Shape& c, int64_t m,
-                                                   int64_t n) {
+absl::StatusOr<std::pair<int64_t, int64_t>> CShape(const Shape& c, int64_t m, int64_t n) {
   int64_t cm = 1, cn = 1;
   if (c.size() > 2) return RunError("C must have rank <= 2, got ", ShapeToString(c));
   if (c.size() >= 1) cn = c.back();
@@ -264,8 +263,7 @@ absl::StatusOr<std::pair<int64_t, int64_t>> CShape(const Shape& c, int64_t m,
 
 class GemmKernel : public Kernel {
  public:
-  GemmKernel(GemmParams p, const Tensor* const_b, const Tensor* const_c)
-      : p_(p) {
+  GemmKernel(GemmParams p, const Tensor* const_b, const Tensor* const_c) : p_(p) {
     if (const_b != nullptr && const_b->rank() == 2) {
       const memory::dims dims = {p_.trans_b ? const_b->dim(1) : const_b->dim(0),
                                  p_.trans_b ? const_b->dim(0) : const_b->dim(1)};
@@ -323,7 +321,8 @@ class GemmKernel : public Kernel {
     key.push_back(-1);
     key.insert(key.end(), b->shape().begin(), b->shape().end());
     key.push_back(-1);
-    if (c_val != nullptr) key.insert(key.end(), c_val->shape().begin(), c_val->shape().end());
+    if (c_val != nullptr)
+      key.insert(key.end(), c_val->shape().begin(), c_val->shape().end());
     key.push_back(c_val != nullptr ? c_val->rank() : -1);
     MatMulPlan* plan = state->plans.Find(key);
     if (plan == nullptr) {
@@ -338,8 +337,9 @@ class GemmKernel : public Kernel {
         QS_ASSIGN_OR_RETURN(auto cs, CShape(c_val->shape(), m, n));
         for (int64_t i = 0; i < m; ++i)
           for (int64_t j = 0; j < n; ++j)
-            y.data<float>()[i * n + j] = c_val->data<float>()[(cs.first == 1 ? 0 : i) * cs.second +
-                                                            (cs.second == 1 ? 0 : j)];
+            y.data<float>()[i * n + j] =
+                c_val->data<float>()[(cs.first == 1 ? 0 : i) * cs.second +
+                                     (cs.second == 1 ? 0 : j)];
       }
       (*ctx.outputs)[0] = std::move(y);
       return absl::OkStatus();
@@ -349,7 +349,8 @@ class GemmKernel : public Kernel {
     plan->dst.set_data_handle(y.raw_data());
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, plan->src},
                                             {DNNL_ARG_DST, plan->dst}};
-    if (!plan->const_weights) plan->weights.set_data_handle(const_cast<void*>(b->raw_data()));
+    if (!plan->const_weights)
+      plan->weights.set_data_handle(const_cast<void*>(b->raw_data()));
     args[DNNL_ARG_WEIGHTS] = plan->weights;
     if (plan->has_bias) {
       plan->bias.set_data_handle(const_cast<void*>(c_val->raw_data()));
@@ -405,7 +406,8 @@ class GemmKernel : public Kernel {
     memory::desc c_md;
     if (c != nullptr) c_md = PlainDesc({cs.first, cs.second});
     const bool c_as_bias = c != nullptr && p_.alpha == 1.f && cs.first == 1;
-    if (p_.alpha != 1.f) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, p_.alpha, 0.f);
+    if (p_.alpha != 1.f)
+      ops.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, p_.alpha, 0.f);
     if (c != nullptr && !c_as_bias) {
       plan->post_index = ops.len();
       ops.append_binary(dnnl::algorithm::binary_add, c_md);

@@ -125,8 +125,9 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeBatchNorm(const KernelInit& init) {
   if (node.inputs.size() != 5) return NodeError(node, "needs 5 inputs");
   for (size_t i = 1; i < node.outputs.size(); ++i) {
     if (!node.outputs[i].empty()) {
-      return NodeError(node, "the running statistics outputs are training-only and "
-                             "not supported");
+      return NodeError(node,
+                       "the running statistics outputs are training-only and "
+                       "not supported");
     }
   }
   return std::unique_ptr<Kernel>(

@@ -100,8 +100,8 @@ void AvgPoolLoop(const Geometry3& g, bool include_pad, const T* x, T* y) {
   const int64_t out_plane = g.out[0] * g.out[1] * g.out[2];
   // Window extent in one dim when pads count: clipped to the declared pads only.
   auto padded_count = [&](int dim, int64_t start) {
-    const int64_t end = std::min(start + (g.k[dim] - 1) * g.d[dim] + 1,
-                                 g.in[dim] + g.pe_decl[dim]);
+    const int64_t end =
+        std::min(start + (g.k[dim] - 1) * g.d[dim] + 1, g.in[dim] + g.pe_decl[dim]);
     return (end - start + g.d[dim] - 1) / g.d[dim];
   };
 #pragma omp parallel for if (g.planes * out_plane > 4096)
@@ -161,7 +161,8 @@ class PoolKernel : public Kernel {
     }
     Tensor y = Tensor::Uninitialized(x->dtype(), plan->out_shape);
     Tensor indices;
-    if (p_.want_indices) indices = Tensor::Uninitialized(DataType::kInt64, plan->out_shape);
+    if (p_.want_indices)
+      indices = Tensor::Uninitialized(DataType::kInt64, plan->out_shape);
     if (plan->empty) {
       // nothing to compute
     } else if (plan->use_dnnl) {
@@ -220,10 +221,10 @@ class PoolKernel : public Kernel {
     const dnnl::engine& eng = dnnl->engine;
     const dnnl::memory::desc src_md = PlainDesc(x.shape());
     const dnnl::memory::desc dst_md = PlainDesc(plan->out_shape);
-    const dnnl::algorithm alg =
-        p_.kind == PoolKind::kMax ? dnnl::algorithm::pooling_max
-        : avg_include             ? dnnl::algorithm::pooling_avg_include_padding
-                                  : dnnl::algorithm::pooling_avg_exclude_padding;
+    const dnnl::algorithm alg = p_.kind == PoolKind::kMax ? dnnl::algorithm::pooling_max
+                                : avg_include
+                                    ? dnnl::algorithm::pooling_avg_include_padding
+                                    : dnnl::algorithm::pooling_avg_exclude_padding;
     dnnl::memory::dims strides(geo.strides.begin(), geo.strides.end());
     dnnl::memory::dims kernel(geo.kernel.begin(), geo.kernel.end());
     dnnl::memory::dims dil(sp), pad_l(pb.begin(), pb.end()), pad_r(pe.begin(), pe.end());
@@ -254,8 +255,7 @@ class PoolKernel : public Kernel {
         case DataType::kUInt8:
           MaxPoolLoop(g, x.data<uint8_t>(), y->data<uint8_t>(), idx, p_.storage_order);
           return absl::OkStatus();
-        default:
-          break;
+        default: break;
       }
     } else {
       switch (x.dtype()) {
@@ -265,8 +265,7 @@ class PoolKernel : public Kernel {
         case DataType::kFloat64:
           AvgPoolLoop(g, p_.count_include_pad, x.data<double>(), y->data<double>());
           return absl::OkStatus();
-        default:
-          break;
+        default: break;
       }
     }
     return RunError("unsupported type ", DataTypeName(x.dtype()));
@@ -278,13 +277,13 @@ class PoolKernel : public Kernel {
 absl::StatusOr<std::unique_ptr<Kernel>> MakePool(const KernelInit& init, PoolKind kind) {
   const Node& node = *init.node;
   if (kind == PoolKind::kMax) {
-    QS_RETURN_IF_ERROR(CheckAttributes(node, {"auto_pad", "ceil_mode", "dilations",
-                                              "kernel_shape", "pads", "storage_order",
-                                              "strides"}));
+    QS_RETURN_IF_ERROR(
+        CheckAttributes(node, {"auto_pad", "ceil_mode", "dilations", "kernel_shape",
+                               "pads", "storage_order", "strides"}));
   } else {
-    QS_RETURN_IF_ERROR(CheckAttributes(node, {"auto_pad", "ceil_mode",
-                                              "count_include_pad", "kernel_shape",
-                                              "pads", "strides"}));
+    QS_RETURN_IF_ERROR(
+        CheckAttributes(node, {"auto_pad", "ceil_mode", "count_include_pad",
+                               "kernel_shape", "pads", "strides"}));
   }
   if (!node.attrs.Has("kernel_shape")) {
     return NodeError(node, "attribute 'kernel_shape' is required");
@@ -301,8 +300,8 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakePool(const KernelInit& init, PoolKin
   if (p.storage_order != 0 && p.storage_order != 1) {
     return NodeError(node, "storage_order must be 0 or 1");
   }
-  p.want_indices = kind == PoolKind::kMax && node.outputs.size() > 1 &&
-                   !node.outputs[1].empty();
+  p.want_indices =
+      kind == PoolKind::kMax && node.outputs.size() > 1 && !node.outputs[1].empty();
   return std::unique_ptr<Kernel>(new PoolKernel(std::move(p)));
 }
 
@@ -356,12 +355,12 @@ KernelFactory GlobalPool(PoolKind kind) {
 }  // namespace
 
 void RegisterPoolKernels(KernelRegistry* r) {
-  r->Register("MaxPool", [](const KernelInit& init) {
-    return MakePool(init, PoolKind::kMax);
-  }, 1, 17);
-  r->Register("AveragePool", [](const KernelInit& init) {
-    return MakePool(init, PoolKind::kAvg);
-  }, 1, 17);
+  r->Register(
+      "MaxPool", [](const KernelInit& init) { return MakePool(init, PoolKind::kMax); }, 1,
+      17);
+  r->Register(
+      "AveragePool",
+      [](const KernelInit& init) { return MakePool(init, PoolKind::kAvg); }, 1, 17);
   r->Register("GlobalAveragePool", GlobalPool(PoolKind::kAvg), 1, 17);
   r->Register("GlobalMaxPool", GlobalPool(PoolKind::kMax), 1, 17);
 }

@@ -1,12 +1,13 @@
 // Reductions: ReduceSum/Mean/Max/Min/Prod/L2/SumSquare/LogSumExp.
 //
-// The input's dims are collapsed into alternating kept/reduced groups (size-1 dims
-// dropped, neighbours with the same role merged). Each reduced group is then removed in
-// one pass over an [outer, n, inner] view, innermost group first; when inner > 1 the
-// pass accumulates whole contiguous rows, which vectorizes. Every reduction here
-// composes across passes (LogSumExp of partial LogSumExps is exact), so multi-axis
-// reductions need no transpose. float16/bfloat16 are computed in float32; Mean, L2 and
-// LogSumExp of integers are computed in double and cast back.
+// The input's dims are collapsed into alternating kept/reduced groups (size-1
+// dims dropped, neighbours with the same role merged). Each reduced group is
+// then removed in one pass over an [outer, n, inner] view, innermost group
+// first; when inner > 1 the pass accumulates whole contiguous rows, which
+// vectorizes. Every reduction here composes across passes (LogSumExp of partial
+// LogSumExps is exact), so multi-axis reductions need no transpose.
+// float16/bfloat16 are computed in float32; Mean, L2 and LogSumExp of integers
+// are computed in double and cast back.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -26,21 +27,51 @@ struct Tag {
 template <typename F>
 bool VisitNumeric(DataType t, F&& f) {
   switch (t) {
-    case DataType::kFloat32: f(Tag<float>()); return true;
-    case DataType::kFloat64: f(Tag<double>()); return true;
-    case DataType::kInt8: f(Tag<int8_t>()); return true;
-    case DataType::kInt16: f(Tag<int16_t>()); return true;
-    case DataType::kInt32: f(Tag<int32_t>()); return true;
-    case DataType::kInt64: f(Tag<int64_t>()); return true;
-    case DataType::kUInt8: f(Tag<uint8_t>()); return true;
-    case DataType::kUInt16: f(Tag<uint16_t>()); return true;
-    case DataType::kUInt32: f(Tag<uint32_t>()); return true;
-    case DataType::kUInt64: f(Tag<uint64_t>()); return true;
-    default: return false;
+    case DataType::kFloat32:
+      f(Tag<float>());
+      return true;
+    case DataType::kFloat64:
+      f(Tag<double>());
+      return true;
+    case DataType::kInt8:
+      f(Tag<int8_t>());
+      return true;
+    case DataType::kInt16:
+      f(Tag<int16_t>());
+      return true;
+    case DataType::kInt32:
+      f(Tag<int32_t>());
+      return true;
+    case DataType::kInt64:
+      f(Tag<int64_t>());
+      return true;
+    case DataType::kUInt8:
+      f(Tag<uint8_t>());
+      return true;
+    case DataType::kUInt16:
+      f(Tag<uint16_t>());
+      return true;
+    case DataType::kUInt32:
+      f(Tag<uint32_t>());
+      return true;
+    case DataType::kUInt64:
+      f(Tag<uint64_t>());
+      return true;
+    default:
+      return false;
   }
 }
 
-enum class ReduceKind { kSum, kMean, kMax, kMin, kProd, kL2, kSumSquare, kLogSumExp };
+enum class ReduceKind {
+  kSum,
+  kMean,
+  kMax,
+  kMin,
+  kProd,
+  kL2,
+  kSumSquare,
+  kLogSumExp
+};
 
 // What one pass accumulates.
 enum class Acc { kSum, kSumSquare, kMax, kMin, kProd, kLogSumExp };
@@ -86,7 +117,8 @@ void Pass(const T* src, int64_t outer, int64_t n, int64_t inner, T* dst) {
     const T* s = src + o * n * inner;
     T* d = dst + o * inner;
     if (inner == 1) {
-      // Four partial accumulators break the dependency chain of a contiguous reduction.
+      // Four partial accumulators break the dependency chain of a contiguous
+      // reduction.
       T a0 = Init<T, kAcc>(), a1 = a0, a2 = a0, a3 = a0;
       int64_t k = 0;
       for (; k + 4 <= n; k += 4) {
@@ -98,34 +130,41 @@ void Pass(const T* src, int64_t outer, int64_t n, int64_t inner, T* dst) {
       for (; k < n; ++k) a0 = Combine<T, kAcc>(a0, s[k]);
       // Partials merge with the plain operation (squares are already taken).
       constexpr Acc kMerge = kAcc == Acc::kSumSquare ? Acc::kSum : kAcc;
-      d[0] = Combine<T, kMerge>(Combine<T, kMerge>(a0, a1), Combine<T, kMerge>(a2, a3));
+      d[0] = Combine<T, kMerge>(Combine<T, kMerge>(a0, a1),
+                                Combine<T, kMerge>(a2, a3));
     } else {
       std::fill(d, d + inner, Init<T, kAcc>());
       for (int64_t k = 0; k < n; ++k) {
         const T* row = s + k * inner;
-        for (int64_t i = 0; i < inner; ++i) d[i] = Combine<T, kAcc>(d[i], row[i]);
+        for (int64_t i = 0; i < inner; ++i)
+          d[i] = Combine<T, kAcc>(d[i], row[i]);
       }
     }
   }
 }
 
-// Numerically stable log(sum(exp(x))) over the [outer, n, inner] view (floats only).
+// Numerically stable log(sum(exp(x))) over the [outer, n, inner] view (floats
+// only).
 template <typename T>
-void LogSumExpPass(const T* src, int64_t outer, int64_t n, int64_t inner, T* dst) {
+void LogSumExpPass(const T* src, int64_t outer, int64_t n, int64_t inner,
+                   T* dst) {
   std::vector<T> mx(inner), sum(inner);
   for (int64_t o = 0; o < outer; ++o) {
     const T* s = src + o * n * inner;
     std::fill(mx.begin(), mx.end(), Lowest<T>());
     std::fill(sum.begin(), sum.end(), T(0));
     for (int64_t k = 0; k < n; ++k) {
-      for (int64_t i = 0; i < inner; ++i) mx[i] = std::max(mx[i], s[k * inner + i]);
+      for (int64_t i = 0; i < inner; ++i)
+        mx[i] = std::max(mx[i], s[k * inner + i]);
     }
     for (int64_t k = 0; k < n; ++k) {
-      for (int64_t i = 0; i < inner; ++i) sum[i] += std::exp(s[k * inner + i] - mx[i]);
+      for (int64_t i = 0; i < inner; ++i)
+        sum[i] += std::exp(s[k * inner + i] - mx[i]);
     }
     for (int64_t i = 0; i < inner; ++i) {
       // All -inf (or n == 0): the sum of exps is 0, log is -inf.
-      dst[o * inner + i] = std::isinf(mx[i]) && mx[i] < 0 ? mx[i] : mx[i] + std::log(sum[i]);
+      dst[o * inner + i] =
+          std::isinf(mx[i]) && mx[i] < 0 ? mx[i] : mx[i] + std::log(sum[i]);
     }
   }
 }
@@ -136,22 +175,35 @@ struct Group {
 };
 
 template <typename T>
-void RunPass(Acc acc, const T* src, int64_t outer, int64_t n, int64_t inner, T* dst) {
+void RunPass(Acc acc, const T* src, int64_t outer, int64_t n, int64_t inner,
+             T* dst) {
   switch (acc) {
-    case Acc::kSum: Pass<T, Acc::kSum>(src, outer, n, inner, dst); break;
-    case Acc::kSumSquare: Pass<T, Acc::kSumSquare>(src, outer, n, inner, dst); break;
-    case Acc::kMax: Pass<T, Acc::kMax>(src, outer, n, inner, dst); break;
-    case Acc::kMin: Pass<T, Acc::kMin>(src, outer, n, inner, dst); break;
-    case Acc::kProd: Pass<T, Acc::kProd>(src, outer, n, inner, dst); break;
+    case Acc::kSum:
+      Pass<T, Acc::kSum>(src, outer, n, inner, dst);
+      break;
+    case Acc::kSumSquare:
+      Pass<T, Acc::kSumSquare>(src, outer, n, inner, dst);
+      break;
+    case Acc::kMax:
+      Pass<T, Acc::kMax>(src, outer, n, inner, dst);
+      break;
+    case Acc::kMin:
+      Pass<T, Acc::kMin>(src, outer, n, inner, dst);
+      break;
+    case Acc::kProd:
+      Pass<T, Acc::kProd>(src, outer, n, inner, dst);
+      break;
     case Acc::kLogSumExp:
-      if constexpr (std::is_floating_point_v<T>) LogSumExpPass(src, outer, n, inner, dst);
+      if constexpr (std::is_floating_point_v<T>)
+        LogSumExpPass(src, outer, n, inner, dst);
       break;
   }
 }
 
 // Reduces `src` (described by `groups`) into `out`, one reduced group per pass.
 template <typename T>
-void ReduceGroups(const T* src, std::vector<Group> groups, ReduceKind kind, T* out) {
+void ReduceGroups(const T* src, std::vector<Group> groups, ReduceKind kind,
+                  T* out) {
   std::vector<T> cur, next;
   const T* in = src;
   bool first = true;
@@ -171,13 +223,25 @@ void ReduceGroups(const T* src, std::vector<Group> groups, ReduceKind kind, T* o
     Acc acc;
     switch (kind) {
       case ReduceKind::kSum:
-      case ReduceKind::kMean: acc = Acc::kSum; break;
+      case ReduceKind::kMean:
+        acc = Acc::kSum;
+        break;
       case ReduceKind::kL2:
-      case ReduceKind::kSumSquare: acc = first ? Acc::kSumSquare : Acc::kSum; break;
-      case ReduceKind::kMax: acc = Acc::kMax; break;
-      case ReduceKind::kMin: acc = Acc::kMin; break;
-      case ReduceKind::kProd: acc = Acc::kProd; break;
-      default: acc = Acc::kLogSumExp; break;
+      case ReduceKind::kSumSquare:
+        acc = first ? Acc::kSumSquare : Acc::kSum;
+        break;
+      case ReduceKind::kMax:
+        acc = Acc::kMax;
+        break;
+      case ReduceKind::kMin:
+        acc = Acc::kMin;
+        break;
+      case ReduceKind::kProd:
+        acc = Acc::kProd;
+        break;
+      default:
+        acc = Acc::kLogSumExp;
+        break;
     }
     groups.erase(groups.begin() + g);
     bool last = true;
@@ -197,8 +261,8 @@ void ReduceGroups(const T* src, std::vector<Group> groups, ReduceKind kind, T* o
 
 class ReduceKernel : public Kernel {
  public:
-  ReduceKernel(ReduceKind kind, bool keepdims, bool noop_with_empty_axes, bool axes_input,
-               std::vector<int64_t> axes_attr)
+  ReduceKernel(ReduceKind kind, bool keepdims, bool noop_with_empty_axes,
+               bool axes_input, std::vector<int64_t> axes_attr)
       : kind_(kind),
         keepdims_(keepdims),
         noop_(noop_with_empty_axes),
@@ -240,9 +304,10 @@ class ReduceKernel : public Kernel {
         groups.push_back({n, reduced[d]});
       }
     }
-    // Only size-1 dims reduced: still one pass, so per-element transforms (square,
-    // log-sum-exp) apply.
-    if (std::none_of(groups.begin(), groups.end(), [](const Group& g) { return g.reduced; })) {
+    // Only size-1 dims reduced: still one pass, so per-element transforms
+    // (square, log-sum-exp) apply.
+    if (std::none_of(groups.begin(), groups.end(),
+                     [](const Group& g) { return g.reduced; })) {
       groups.push_back({1, true});
     }
 
@@ -268,7 +333,8 @@ class ReduceKernel : public Kernel {
       const int64_t m = out.num_elements();
       if (kind_ == ReduceKind::kMean) {
         const T c = static_cast<T>(count);
-        for (int64_t i = 0; i < m; ++i) p[i] = count == 0 ? p[i] : static_cast<T>(p[i] / c);
+        for (int64_t i = 0; i < m; ++i)
+          p[i] = count == 0 ? p[i] : static_cast<T>(p[i] / c);
       } else if (kind_ == ReduceKind::kL2) {
         if constexpr (std::is_floating_point_v<T>) {
           for (int64_t i = 0; i < m; ++i) p[i] = std::sqrt(p[i]);
@@ -292,20 +358,23 @@ class ReduceKernel : public Kernel {
 };
 
 KernelFactory Reduce(ReduceKind kind) {
-  return [kind](const KernelInit& init) -> absl::StatusOr<std::unique_ptr<Kernel>> {
+  return [kind](const KernelInit& init)
+             -> absl::StatusOr<std::unique_ptr<Kernel>> {
     const Attributes& a = init.node->attrs;
     // ReduceSum takes axes as an input from opset 13 (the others from 18).
     const bool axes_input = kind == ReduceKind::kSum && init.opset >= 13;
     if (axes_input && a.Has("axes")) {
-      return NodeError(*init.node, "'axes' is an input since opset 13, not an attribute");
+      return NodeError(*init.node,
+                       "'axes' is an input since opset 13, not an attribute");
     }
     const int64_t keepdims = a.GetInt("keepdims", 1);
     const int64_t noop = a.GetInt("noop_with_empty_axes", 0);
     if ((keepdims != 0 && keepdims != 1) || (noop != 0 && noop != 1)) {
-      return NodeError(*init.node, "keepdims and noop_with_empty_axes must be 0 or 1");
+      return NodeError(*init.node,
+                       "keepdims and noop_with_empty_axes must be 0 or 1");
     }
-    return std::make_unique<ReduceKernel>(kind, keepdims == 1, noop == 1, axes_input,
-                                          a.GetInts("axes"));
+    return std::make_unique<ReduceKernel>(kind, keepdims == 1, noop == 1,
+                                          axes_input, a.GetInts("axes"));
   };
 }
 

@@ -77,26 +77,22 @@ AxisTaps ComputeTaps(const ResizeParams& p, int64_t in, int64_t out, double scal
   t.idx.assign(out * t.n, 0);
   t.w.assign(out * t.n, 0.f);
   t.extrapolate.assign(out, 0);
-  auto clamp = [in](int64_t i) { return std::min<int64_t>(std::max<int64_t>(i, 0), in - 1); };
+  auto clamp = [in](int64_t i) {
+    return std::min<int64_t>(std::max<int64_t>(i, 0), in - 1);
+  };
   for (int64_t j = 0; j < out; ++j) {
     const double x = static_cast<double>(j);
     double xo = 0;
     switch (p.coord) {
-      case Coord::kHalfPixel:
-        xo = (x + 0.5) / scale - 0.5;
-        break;
+      case Coord::kHalfPixel: xo = (x + 0.5) / scale - 0.5; break;
       case Coord::kPytorchHalfPixel:
         xo = out_width == 1 ? -0.5 : (x + 0.5) / scale - 0.5;
         break;
       case Coord::kAlignCorners:
         xo = out_width == 1 ? 0 : x * (in - 1) / (out_width - 1);
         break;
-      case Coord::kAsymmetric:
-        xo = x / scale;
-        break;
-      case Coord::kTfHalfPixelForNn:
-        xo = (x + 0.5) / scale;
-        break;
+      case Coord::kAsymmetric: xo = x / scale; break;
+      case Coord::kTfHalfPixelForNn: xo = (x + 0.5) / scale; break;
       case Coord::kTfCropAndResize: {
         const double span = static_cast<double>(roi_end - roi_start);
         xo = out_width == 1 ? span * (in - 1) / 2 : x * span * (in - 1) / (out_width - 1);
@@ -246,8 +242,7 @@ class ResizeKernel : public Kernel {
       for (int i = 0; i < rank; ++i) {
         out_shape[i] = sizes->data<int64_t>()[i];
         if (out_shape[i] < 0) return RunError("negative output size");
-        scale[i] = x->dim(i) == 0 ? 1.0
-                                  : static_cast<double>(out_shape[i]) / x->dim(i);
+        scale[i] = x->dim(i) == 0 ? 1.0 : static_cast<double>(out_shape[i]) / x->dim(i);
         out_width[i] = scale[i] * x->dim(i);
       }
     } else {

@@ -1,8 +1,9 @@
-// Data-movement and shape ops: views (Reshape, Flatten, Squeeze, Unsqueeze, Identity,
-// Dropout) share the input buffer; copies (Transpose, Slice, Expand, Tile,
-// DepthToSpace, SpaceToDepth) are all one strided copy whose innermost run is a
-// memcpy when contiguous; Concat/Split copy contiguous blocks. These kernels also run
-// at compile time when shape subgraphs are constant-folded, so int64 inputs are common.
+// Data-movement and shape ops: views (Reshape, Flatten, Squeeze, Unsqueeze,
+// Identity, Dropout) share the input buffer; copies (Transpose, Slice, Expand,
+// Tile, DepthToSpace, SpaceToDepth) are all one strided copy whose innermost
+// run is a memcpy when contiguous; Concat/Split copy contiguous blocks. These
+// kernels also run at compile time when shape subgraphs are constant-folded, so
+// int64 inputs are common.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -16,8 +17,10 @@
 namespace qs {
 namespace {
 
-// Reads an int64 or int32 tensor (shape, axes, pads, repeats, ...) as int64 values.
-absl::StatusOr<std::vector<int64_t>> ReadInts(const Tensor& t, const char* what) {
+// Reads an int64 or int32 tensor (shape, axes, pads, repeats, ...) as int64
+// values.
+absl::StatusOr<std::vector<int64_t>> ReadInts(const Tensor& t,
+                                              const char* what) {
   const int64_t n = t.num_elements();
   std::vector<int64_t> v(n);
   if (t.dtype() == DataType::kInt64) {
@@ -25,7 +28,8 @@ absl::StatusOr<std::vector<int64_t>> ReadInts(const Tensor& t, const char* what)
   } else if (t.dtype() == DataType::kInt32) {
     std::copy(t.data<int32_t>(), t.data<int32_t>() + n, v.begin());
   } else {
-    return RunError(what, " must be INT64 or INT32, got ", DataTypeName(t.dtype()));
+    return RunError(what, " must be INT64 or INT32, got ",
+                    DataTypeName(t.dtype()));
   }
   return v;
 }
@@ -48,9 +52,9 @@ std::vector<int64_t> ContiguousStrides(const Shape& shape) {
   return s;
 }
 
-// A transpose-like copy whose innermost output dim is strided in the source while
-// dim `c` is the source-contiguous one: copies 2-D tiles over (c, last) so both the
-// source lines and the destination lines of a tile stay in L1.
+// A transpose-like copy whose innermost output dim is strided in the source
+// while dim `c` is the source-contiguous one: copies 2-D tiles over (c, last)
+// so both the source lines and the destination lines of a tile stay in L1.
 template <typename T>
 void CopyTiled(const T* src, const std::vector<int64_t>& dims,
                const std::vector<int64_t>& strides, int c, T* dst) {
@@ -102,7 +106,8 @@ void CopyRuns(const T* src, const std::vector<int64_t>& dims,
   const int r = static_cast<int>(dims.size());
   if (strides[r - 1] != 1 && strides[r - 1] != 0 && dims[r - 1] >= 8) {
     for (int c = r - 2; c >= 0; --c) {
-      if (strides[c] == 1 && dims[c] >= 8) return CopyTiled(src, dims, strides, c, dst);
+      if (strides[c] == 1 && dims[c] >= 8)
+        return CopyTiled(src, dims, strides, c, dst);
     }
   }
   const int64_t n = dims[r - 1];
@@ -129,9 +134,9 @@ void CopyRuns(const T* src, const std::vector<int64_t>& dims,
 }
 
 // Writes the row-major tensor of shape `dims` whose element (i0..ik) is
-// src[sum(i_d * strides[d])] (element strides, may be 0 or negative) into `dst`.
-// Size-1 dims are dropped and dims the source walks contiguously are merged first, so
-// e.g. a transpose that keeps the last axis copies whole rows.
+// src[sum(i_d * strides[d])] (element strides, may be 0 or negative) into
+// `dst`. Size-1 dims are dropped and dims the source walks contiguously are
+// merged first, so e.g. a transpose that keeps the last axis copies whole rows.
 void StridedCopy(const void* src, size_t elem, const Shape& dims,
                  const std::vector<int64_t>& strides, void* dst) {
   if (NumElements(dims) == 0) return;
@@ -151,21 +156,33 @@ void StridedCopy(const void* src, size_t elem, const Shape& dims,
     s2.push_back(1);
   }
   switch (elem) {
-    case 1: CopyRuns(static_cast<const uint8_t*>(src), d2, s2, static_cast<uint8_t*>(dst)); break;
-    case 2: CopyRuns(static_cast<const uint16_t*>(src), d2, s2, static_cast<uint16_t*>(dst)); break;
-    case 4: CopyRuns(static_cast<const uint32_t*>(src), d2, s2, static_cast<uint32_t*>(dst)); break;
-    default: CopyRuns(static_cast<const uint64_t*>(src), d2, s2, static_cast<uint64_t*>(dst)); break;
+    case 1:
+      CopyRuns(static_cast<const uint8_t*>(src), d2, s2,
+               static_cast<uint8_t*>(dst));
+      break;
+    case 2:
+      CopyRuns(static_cast<const uint16_t*>(src), d2, s2,
+               static_cast<uint16_t*>(dst));
+      break;
+    case 4:
+      CopyRuns(static_cast<const uint32_t*>(src), d2, s2,
+               static_cast<uint32_t*>(dst));
+      break;
+    default:
+      CopyRuns(static_cast<const uint64_t*>(src), d2, s2,
+               static_cast<uint64_t*>(dst));
+      break;
   }
 }
 
-// Strided view of `x` copied into a new tensor of shape `out_shape`; `offset` is the
-// element offset of the first element.
+// Strided view of `x` copied into a new tensor of shape `out_shape`; `offset`
+// is the element offset of the first element.
 Tensor GatherStrided(const Tensor& x, const Shape& out_shape,
                      const std::vector<int64_t>& strides, int64_t offset = 0) {
   Tensor out = Tensor::Uninitialized(x.dtype(), out_shape);
   const size_t elem = DataTypeSize(x.dtype());
-  StridedCopy(static_cast<const char*>(x.raw_data()) + offset * elem, elem, out_shape,
-              strides, out.raw_data());
+  StridedCopy(static_cast<const char*>(x.raw_data()) + offset * elem, elem,
+              out_shape, strides, out.raw_data());
   return out;
 }
 
@@ -183,7 +200,8 @@ class FnKernel : public Kernel {
   explicit FnKernel(F f) : f_(std::move(f)) {}
   absl::Status Run(KernelRunContext& ctx) const override {
     for (size_t i = 0; i < ctx.num_inputs(); ++i) {
-      if (ctx.input(i) != nullptr) QS_RETURN_IF_ERROR(CheckSupportedType(*ctx.input(i)));
+      if (ctx.input(i) != nullptr)
+        QS_RETURN_IF_ERROR(CheckSupportedType(*ctx.input(i)));
     }
     return f_(ctx);
   }
@@ -199,8 +217,8 @@ std::unique_ptr<Kernel> MakeKernel(F f) {
 
 using FactoryResult = absl::StatusOr<std::unique_ptr<Kernel>>;
 
-#define QS_REQUIRE_INPUT(var, ctx, i)                                \
-  const Tensor* var = (ctx).input(i);                                \
+#define QS_REQUIRE_INPUT(var, ctx, i) \
+  const Tensor* var = (ctx).input(i); \
   if (var == nullptr) return RunError("missing required input ", i)
 
 // ---------------------------------------------------------------------------------------
@@ -236,12 +254,14 @@ FactoryResult MakeReshape(const KernelInit& init) {
       if (shape[i] == 0 && !allowzero) {
         if (i >= x->shape().size()) {
           return RunError("shape ", ShapeToString(shape), " copies dim ", i,
-                          " that the input ", ShapeToString(x->shape()), " lacks");
+                          " that the input ", ShapeToString(x->shape()),
+                          " lacks");
         }
         shape[i] = x->dim(static_cast<int>(i));
       }
       if (shape[i] == -1) {
-        if (infer >= 0) return RunError("shape ", ShapeToString(shape), " has two -1");
+        if (infer >= 0)
+          return RunError("shape ", ShapeToString(shape), " has two -1");
         infer = static_cast<int>(i);
       } else if (shape[i] < 0) {
         return RunError("invalid shape ", ShapeToString(shape));
@@ -266,10 +286,9 @@ FactoryResult MakeReshape(const KernelInit& init) {
 }
 
 // Axes of Squeeze/Unsqueeze: attribute before opset 13, optional input from 13.
-absl::StatusOr<std::optional<std::vector<int64_t>>> AxesFrom(const KernelRunContext& ctx,
-                                                             bool from_input,
-                                                             bool has_attr,
-                                                             const std::vector<int64_t>& attr) {
+absl::StatusOr<std::optional<std::vector<int64_t>>> AxesFrom(
+    const KernelRunContext& ctx, bool from_input, bool has_attr,
+    const std::vector<int64_t>& attr) {
   if (!from_input) {
     if (!has_attr) return std::optional<std::vector<int64_t>>();
     return std::optional<std::vector<int64_t>>(attr);
@@ -298,7 +317,8 @@ FactoryResult MakeSqueeze(const KernelInit& init) {
         drop[n] = true;
       }
     } else {
-      for (int64_t d = 0; d < rank; ++d) drop[d] = x->dim(static_cast<int>(d)) == 1;
+      for (int64_t d = 0; d < rank; ++d)
+        drop[d] = x->dim(static_cast<int>(d)) == 1;
     }
     Shape out;
     for (int64_t d = 0; d < rank; ++d) {
@@ -313,7 +333,8 @@ FactoryResult MakeUnsqueeze(const KernelInit& init) {
   const bool from_input = init.opset >= 13;
   const bool has_attr = init.node->attrs.Has("axes");
   const std::vector<int64_t> attr = init.node->attrs.GetInts("axes");
-  if (!from_input && !has_attr) return NodeError(*init.node, "missing 'axes' attribute");
+  if (!from_input && !has_attr)
+    return NodeError(*init.node, "missing 'axes' attribute");
   return MakeKernel([=](KernelRunContext& ctx) -> absl::Status {
     QS_REQUIRE_INPUT(x, ctx, 0);
     QS_ASSIGN_OR_RETURN(auto axes, AxesFrom(ctx, from_input, has_attr, attr));
@@ -361,11 +382,13 @@ FactoryResult MakeDropout(const KernelInit& init) {
       }
       float ratio = attr_ratio;
       if (ctx.input(1) != nullptr) {
-        QS_ASSIGN_OR_RETURN(Tensor r, CastTensor(*ctx.input(1), DataType::kFloat32));
+        QS_ASSIGN_OR_RETURN(Tensor r,
+                            CastTensor(*ctx.input(1), DataType::kFloat32));
         if (r.num_elements() != 1) return RunError("ratio must be a scalar");
         ratio = r.data<float>()[0];
       }
-      // Training-mode dropout is random; only the degenerate ratio 0 is supported.
+      // Training-mode dropout is random; only the degenerate ratio 0 is
+      // supported.
       if (training.data<uint8_t>()[0] != 0 && ratio != 0.f) {
         return RunError("training_mode=true with ratio ", ratio,
                         " is not supported (inference engine)");
@@ -426,7 +449,8 @@ FactoryResult MakeTranspose(const KernelInit& init) {
 }
 
 FactoryResult MakeConcat(const KernelInit& init) {
-  if (!init.node->attrs.Has("axis")) return NodeError(*init.node, "missing 'axis'");
+  if (!init.node->attrs.Has("axis"))
+    return NodeError(*init.node, "missing 'axis'");
   const int64_t axis_attr = init.node->attrs.GetInt("axis", 0);
   return MakeKernel([axis_attr](KernelRunContext& ctx) -> absl::Status {
     QS_REQUIRE_INPUT(first, ctx, 0);
@@ -444,8 +468,8 @@ FactoryResult MakeConcat(const KernelInit& init) {
       if (!ok) {
         return RunError("input ", i, " (", DataTypeName(t->dtype()), " ",
                         ShapeToString(t->shape()), ") does not match input 0 (",
-                        DataTypeName(first->dtype()), " ", ShapeToString(first->shape()),
-                        ") outside axis ", axis);
+                        DataTypeName(first->dtype()), " ",
+                        ShapeToString(first->shape()), ") outside axis ", axis);
       }
       out_shape[axis] += t->dim(static_cast<int>(axis));
     }
@@ -460,7 +484,8 @@ FactoryResult MakeConcat(const KernelInit& init) {
     size_t col = 0;
     for (size_t i = 0; i < ctx.num_inputs(); ++i) {
       const Tensor* t = ctx.input(i);
-      const size_t row = static_cast<size_t>(t->dim(static_cast<int>(axis)) * inner) * elem;
+      const size_t row =
+          static_cast<size_t>(t->dim(static_cast<int>(axis)) * inner) * elem;
       if (row == 0) continue;
       const char* src = static_cast<const char*>(t->raw_data());
       for (int64_t o = 0; o < outer; ++o) {
@@ -492,7 +517,8 @@ FactoryResult MakeSplit(const KernelInit& init) {
     }
     if (split.empty()) {
       if (dim % n_out != 0) {
-        return RunError("dim ", dim, " does not split into ", n_out, " equal parts");
+        return RunError("dim ", dim, " does not split into ", n_out,
+                        " equal parts");
       }
       split.assign(n_out, dim / n_out);
     }
@@ -502,8 +528,8 @@ FactoryResult MakeSplit(const KernelInit& init) {
       total += s;
     }
     if (static_cast<int64_t>(split.size()) != n_out || total != dim) {
-      return RunError("split ", ShapeToString(split), " does not cover dim ", dim,
-                      " with ", n_out, " outputs");
+      return RunError("split ", ShapeToString(split), " does not cover dim ",
+                      dim, " with ", n_out, " outputs");
     }
     const size_t elem = DataTypeSize(x->dtype());
     int64_t outer = 1;
@@ -540,7 +566,8 @@ FactoryResult MakeSlice(const KernelInit& init) {
   const bool has_axes_attr = a.Has("axes");
   return MakeKernel([=](KernelRunContext& ctx) -> absl::Status {
     QS_REQUIRE_INPUT(x, ctx, 0);
-    std::vector<int64_t> starts = starts_attr, ends = ends_attr, axes = axes_attr, steps;
+    std::vector<int64_t> starts = starts_attr, ends = ends_attr,
+                         axes = axes_attr, steps;
     bool has_axes = has_axes_attr;
     if (from_inputs) {
       QS_REQUIRE_INPUT(st, ctx, 1);
@@ -558,7 +585,8 @@ FactoryResult MakeSlice(const KernelInit& init) {
     const int rank = x->rank();
     if (!has_axes) {
       axes.resize(starts.size());
-      for (size_t i = 0; i < axes.size(); ++i) axes[i] = static_cast<int64_t>(i);
+      for (size_t i = 0; i < axes.size(); ++i)
+        axes[i] = static_cast<int64_t>(i);
     }
     if (steps.empty()) steps.assign(starts.size(), 1);
     if (ends.size() != starts.size() || axes.size() != starts.size() ||
@@ -593,12 +621,15 @@ FactoryResult MakeSlice(const KernelInit& init) {
         // |step| as unsigned: -INT64_MIN does not fit in int64.
         const uint64_t mag = uint64_t{0} - static_cast<uint64_t>(step);
         count = start > end
-                    ? static_cast<int64_t>(static_cast<uint64_t>(start - end - 1) / mag) + 1
+                    ? static_cast<int64_t>(
+                          static_cast<uint64_t>(start - end - 1) / mag) +
+                          1
                     : 0;
       }
       out_shape[axis] = count;
       if (count > 0) offset += start * in_strides[axis];
-      // A single element never steps (and a huge step times the stride could overflow).
+      // A single element never steps (and a huge step times the stride could
+      // overflow).
       strides[axis] = count > 1 ? in_strides[axis] * step : in_strides[axis];
     }
     if (NumElements(out_shape) == 0) offset = 0;
@@ -607,7 +638,8 @@ FactoryResult MakeSlice(const KernelInit& init) {
   });
 }
 
-// Broadcasts `shape` against `target` (numpy rules, both directions) for Expand.
+// Broadcasts `shape` against `target` (numpy rules, both directions) for
+// Expand.
 absl::StatusOr<Shape> BroadcastShapes(const Shape& a, const Shape& b) {
   const size_t rank = std::max(a.size(), b.size());
   Shape out(rank);
@@ -615,7 +647,8 @@ absl::StatusOr<Shape> BroadcastShapes(const Shape& a, const Shape& b) {
     const int64_t x = d + a.size() >= rank ? a[d + a.size() - rank] : 1;
     const int64_t y = d + b.size() >= rank ? b[d + b.size() - rank] : 1;
     if (x != y && x != 1 && y != 1) {
-      return RunError("cannot broadcast ", ShapeToString(a), " to ", ShapeToString(b));
+      return RunError("cannot broadcast ", ShapeToString(a), " to ",
+                      ShapeToString(b));
     }
     out[d] = x == 1 ? y : x;
   }
@@ -640,8 +673,8 @@ FactoryResult MakeExpand(const KernelInit&) {
   });
 }
 
-// Tile as a strided copy: output viewed as [r0, d0, r1, d1, ...] reads the input with
-// stride 0 along each repeat dim.
+// Tile as a strided copy: output viewed as [r0, d0, r1, d1, ...] reads the
+// input with stride 0 along each repeat dim.
 FactoryResult MakeTile(const KernelInit&) {
   return MakeKernel([](KernelRunContext& ctx) -> absl::Status {
     QS_REQUIRE_INPUT(x, ctx, 0);
@@ -674,7 +707,8 @@ FactoryResult MakeTile(const KernelInit&) {
 FactoryResult MakeDepthToSpace(const KernelInit& init) {
   const int64_t b = init.node->attrs.GetInt("blocksize", 0);
   const std::string mode = init.node->attrs.GetString("mode", "DCR");
-  if (b <= 0) return NodeError(*init.node, "blocksize must be positive, got ", b);
+  if (b <= 0)
+    return NodeError(*init.node, "blocksize must be positive, got ", b);
   if (mode != "DCR" && mode != "CRD") {
     return NodeError(*init.node, "unsupported mode '", mode, "'");
   }
@@ -682,12 +716,14 @@ FactoryResult MakeDepthToSpace(const KernelInit& init) {
   return MakeKernel([b, dcr](KernelRunContext& ctx) -> absl::Status {
     QS_REQUIRE_INPUT(x, ctx, 0);
     if (x->rank() != 4 || x->dim(1) % (b * b) != 0) {
-      return RunError("input ", ShapeToString(x->shape()), " is not NCHW with C divisible by ",
-                      b * b);
+      return RunError("input ", ShapeToString(x->shape()),
+                      " is not NCHW with C divisible by ", b * b);
     }
-    const int64_t n = x->dim(0), c = x->dim(1) / (b * b), h = x->dim(2), w = x->dim(3);
+    const int64_t n = x->dim(0), c = x->dim(1) / (b * b), h = x->dim(2),
+                  w = x->dim(3);
     const int64_t hw = h * w;
-    // Strides of the input viewed as [N, b1, b2, C', H, W] (DCR) or [N, C', b1, b2, H, W].
+    // Strides of the input viewed as [N, b1, b2, C', H, W] (DCR) or [N, C', b1,
+    // b2, H, W].
     const int64_t sn = x->dim(1) * hw;
     const int64_t sc = dcr ? hw : b * b * hw;
     const int64_t sb1 = dcr ? b * c * hw : b * hw;
@@ -702,7 +738,8 @@ FactoryResult MakeDepthToSpace(const KernelInit& init) {
 
 FactoryResult MakeSpaceToDepth(const KernelInit& init) {
   const int64_t b = init.node->attrs.GetInt("blocksize", 0);
-  if (b <= 0) return NodeError(*init.node, "blocksize must be positive, got ", b);
+  if (b <= 0)
+    return NodeError(*init.node, "blocksize must be positive, got ", b);
   return MakeKernel([b](KernelRunContext& ctx) -> absl::Status {
     QS_REQUIRE_INPUT(x, ctx, 0);
     if (x->rank() != 4 || x->dim(2) % b != 0 || x->dim(3) % b != 0) {
@@ -710,7 +747,8 @@ FactoryResult MakeSpaceToDepth(const KernelInit& init) {
                       " is not NCHW with H and W divisible by ", b);
     }
     const int64_t n = x->dim(0), c = x->dim(1), h = x->dim(2), w = x->dim(3);
-    // Input viewed as [N, C, H/b, b1, W/b, b2], output order [N, b1, b2, C, H/b, W/b].
+    // Input viewed as [N, C, H/b, b1, W/b, b2], output order [N, b1, b2, C,
+    // H/b, W/b].
     const Shape view = {n, b, b, c, h / b, w / b};
     const std::vector<int64_t> strides = {c * h * w, w, 1, h * w, b * w, b};
     Tensor out = GatherStrided(*x, view, strides);
@@ -719,14 +757,15 @@ FactoryResult MakeSpaceToDepth(const KernelInit& init) {
   });
 }
 
-// Pad: each output index maps to an input index per dim (or to the constant), so
-// negative pads (crops) and every mode share one loop; the in-bounds middle of each
-// innermost row is a memcpy.
+// Pad: each output index maps to an input index per dim (or to the constant),
+// so negative pads (crops) and every mode share one loop; the in-bounds middle
+// of each innermost row is a memcpy.
 enum class PadMode { kConstant, kReflect, kEdge };
 
 template <typename T>
-void PadRows(const Tensor& x, const Shape& out_shape, const std::vector<int64_t>& pads,
-             PadMode mode, T value, Tensor* out) {
+void PadRows(const Tensor& x, const Shape& out_shape,
+             const std::vector<int64_t>& pads, PadMode mode, T value,
+             Tensor* out) {
   const int rank = x.rank();
   const std::vector<int64_t> in_strides = ContiguousStrides(x.shape());
   // map[d][o]: input index for output index o along d, -1 for the constant.
@@ -780,7 +819,8 @@ void PadRows(const Tensor& x, const Shape& out_shape, const std::vector<int64_t>
       for (int64_t o = 0; o < std::min(lo, n_last); ++o) {
         dst[o] = last[o] < 0 ? value : s[last[o]];
       }
-      if (hi > lo) std::memcpy(dst + lo, s + (lo - pads[rank - 1]), (hi - lo) * sizeof(T));
+      if (hi > lo)
+        std::memcpy(dst + lo, s + (lo - pads[rank - 1]), (hi - lo) * sizeof(T));
       for (int64_t o = std::max(hi, lo); o < n_last; ++o) {
         dst[o] = last[o] < 0 ? value : s[last[o]];
       }
@@ -808,7 +848,8 @@ FactoryResult MakePad(const KernelInit& init) {
   const bool from_inputs = init.opset >= 11;
   const std::vector<int64_t> pads_attr = a.GetInts("pads");
   const float value_attr = a.GetFloat("value", 0.f);
-  if (!from_inputs && !a.Has("pads")) return NodeError(*init.node, "missing 'pads'");
+  if (!from_inputs && !a.Has("pads"))
+    return NodeError(*init.node, "missing 'pads'");
   return MakeKernel([=](KernelRunContext& ctx) -> absl::Status {
     QS_REQUIRE_INPUT(x, ctx, 0);
     std::vector<int64_t> pads = pads_attr;
@@ -816,10 +857,13 @@ FactoryResult MakePad(const KernelInit& init) {
     if (from_inputs) {
       QS_REQUIRE_INPUT(p, ctx, 1);
       QS_ASSIGN_OR_RETURN(pads, ReadInts(*p, "pads"));
-      if (ctx.input(3) != nullptr) return RunError("the 'axes' input is not supported");
+      if (ctx.input(3) != nullptr)
+        return RunError("the 'axes' input is not supported");
       if (ctx.input(2) != nullptr) {
-        if (ctx.input(2)->dtype() != x->dtype() || ctx.input(2)->num_elements() != 1) {
-          return RunError("constant_value must be a scalar of the input's type");
+        if (ctx.input(2)->dtype() != x->dtype() ||
+            ctx.input(2)->num_elements() != 1) {
+          return RunError(
+              "constant_value must be a scalar of the input's type");
         }
         value = *ctx.input(2);
       }
@@ -840,17 +884,26 @@ FactoryResult MakePad(const KernelInit& init) {
     Shape out_shape(rank);
     for (int d = 0; d < rank; ++d) {
       out_shape[d] = x->dim(d) + pads[d] + pads[d + rank];
-      if (out_shape[d] < 0) return RunError("pads ", ShapeToString(pads), " crop below 0");
+      if (out_shape[d] < 0)
+        return RunError("pads ", ShapeToString(pads), " crop below 0");
       if (mode != PadMode::kConstant && x->dim(d) == 0 && out_shape[d] > 0) {
         return RunError("cannot ", mode_name, "-pad an empty dimension");
       }
     }
     Tensor out = Tensor::Uninitialized(x->dtype(), out_shape);
     switch (DataTypeSize(x->dtype())) {
-      case 1: PadRows(*x, out_shape, pads, mode, value.data<uint8_t>()[0], &out); break;
-      case 2: PadRows(*x, out_shape, pads, mode, value.data<uint16_t>()[0], &out); break;
-      case 4: PadRows(*x, out_shape, pads, mode, value.data<uint32_t>()[0], &out); break;
-      default: PadRows(*x, out_shape, pads, mode, value.data<uint64_t>()[0], &out); break;
+      case 1:
+        PadRows(*x, out_shape, pads, mode, value.data<uint8_t>()[0], &out);
+        break;
+      case 2:
+        PadRows(*x, out_shape, pads, mode, value.data<uint16_t>()[0], &out);
+        break;
+      case 4:
+        PadRows(*x, out_shape, pads, mode, value.data<uint32_t>()[0], &out);
+        break;
+      default:
+        PadRows(*x, out_shape, pads, mode, value.data<uint64_t>()[0], &out);
+        break;
     }
     (*ctx.outputs)[0] = std::move(out);
     return absl::OkStatus();
@@ -898,7 +951,8 @@ FactoryResult MakeConstant(const KernelInit& init) {
   Tensor value;
   if (const onnx::TensorProto* t = a.GetTensor("value")) {
     auto v = TensorFromProto(*t);
-    if (!v.ok()) return NodeError(*init.node, "'value': ", v.status().message());
+    if (!v.ok())
+      return NodeError(*init.node, "'value': ", v.status().message());
     value = *std::move(v);
   } else if (a.Has("value_float")) {
     value = Tensor(DataType::kFloat32, {});
@@ -917,7 +971,8 @@ FactoryResult MakeConstant(const KernelInit& init) {
   } else {
     const std::vector<std::string> names = a.Names();
     return NodeError(*init.node, "unsupported value attribute '",
-                     names.empty() ? "" : names[0], "' (string and sparse constants "
+                     names.empty() ? "" : names[0],
+                     "' (string and sparse constants "
                      "are not supported)");
   }
   return MakeKernel([value](KernelRunContext& ctx) -> absl::Status {
@@ -930,9 +985,11 @@ FactoryResult MakeConstantOfShape(const KernelInit& init) {
   Tensor value(DataType::kFloat32, {1});
   if (const onnx::TensorProto* t = init.node->attrs.GetTensor("value")) {
     auto v = TensorFromProto(*t);
-    if (!v.ok()) return NodeError(*init.node, "'value': ", v.status().message());
+    if (!v.ok())
+      return NodeError(*init.node, "'value': ", v.status().message());
     if (v->num_elements() != 1) {
-      return NodeError(*init.node, "'value' must hold one element, has ", v->num_elements());
+      return NodeError(*init.node, "'value' must hold one element, has ",
+                       v->num_elements());
     }
     value = *std::move(v);
   }
@@ -940,15 +997,24 @@ FactoryResult MakeConstantOfShape(const KernelInit& init) {
     QS_REQUIRE_INPUT(s, ctx, 0);
     QS_ASSIGN_OR_RETURN(std::vector<int64_t> shape, ReadInts(*s, "shape"));
     for (int64_t d : shape) {
-      if (d < 0) return RunError("negative dimension in ", ShapeToString(shape));
+      if (d < 0)
+        return RunError("negative dimension in ", ShapeToString(shape));
     }
     Tensor out = Tensor::Uninitialized(value.dtype(), shape);
     const int64_t n = out.num_elements();
     switch (DataTypeSize(value.dtype())) {
-      case 1: std::fill_n(out.data<uint8_t>(), n, value.data<uint8_t>()[0]); break;
-      case 2: std::fill_n(out.data<uint16_t>(), n, value.data<uint16_t>()[0]); break;
-      case 4: std::fill_n(out.data<uint32_t>(), n, value.data<uint32_t>()[0]); break;
-      default: std::fill_n(out.data<uint64_t>(), n, value.data<uint64_t>()[0]); break;
+      case 1:
+        std::fill_n(out.data<uint8_t>(), n, value.data<uint8_t>()[0]);
+        break;
+      case 2:
+        std::fill_n(out.data<uint16_t>(), n, value.data<uint16_t>()[0]);
+        break;
+      case 4:
+        std::fill_n(out.data<uint32_t>(), n, value.data<uint32_t>()[0]);
+        break;
+      default:
+        std::fill_n(out.data<uint64_t>(), n, value.data<uint64_t>()[0]);
+        break;
     }
     (*ctx.outputs)[0] = std::move(out);
     return absl::OkStatus();
@@ -980,17 +1046,19 @@ FactoryResult MakeCastLike(const KernelInit&) {
 }
 
 template <typename T>
-absl::Status FillRange(const Tensor& start_t, const Tensor& limit_t, const Tensor& delta_t,
-                       Tensor* out) {
+absl::Status FillRange(const Tensor& start_t, const Tensor& limit_t,
+                       const Tensor& delta_t, Tensor* out) {
   const T start = start_t.data<T>()[0];
   const T limit = limit_t.data<T>()[0];
   const T delta = delta_t.data<T>()[0];
   if (delta == 0) return RunError("delta must not be 0");
   int64_t n;
   if constexpr (std::is_floating_point_v<T>) {
-    n = static_cast<int64_t>(std::ceil((static_cast<double>(limit) - start) / delta));
+    n = static_cast<int64_t>(
+        std::ceil((static_cast<double>(limit) - start) / delta));
   } else {
-    const int64_t span = static_cast<int64_t>(limit) - static_cast<int64_t>(start);
+    const int64_t span =
+        static_cast<int64_t>(limit) - static_cast<int64_t>(start);
     const int64_t d = static_cast<int64_t>(delta);
     // Ceiling division that is exact for both signs.
     n = span / d + ((span % d != 0) && ((span > 0) == (d > 0)) ? 1 : 0);
@@ -998,7 +1066,8 @@ absl::Status FillRange(const Tensor& start_t, const Tensor& limit_t, const Tenso
   n = std::max<int64_t>(n, 0);
   *out = Tensor::Uninitialized(start_t.dtype(), {n});
   T* p = out->data<T>();
-  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(start + static_cast<T>(i) * delta);
+  for (int64_t i = 0; i < n; ++i)
+    p[i] = static_cast<T>(start + static_cast<T>(i) * delta);
   return absl::OkStatus();
 }
 
@@ -1008,18 +1077,30 @@ FactoryResult MakeRange(const KernelInit&) {
     QS_REQUIRE_INPUT(limit, ctx, 1);
     QS_REQUIRE_INPUT(delta, ctx, 2);
     const DataType t = start->dtype();
-    if (limit->dtype() != t || delta->dtype() != t || start->num_elements() != 1 ||
-        limit->num_elements() != 1 || delta->num_elements() != 1) {
+    if (limit->dtype() != t || delta->dtype() != t ||
+        start->num_elements() != 1 || limit->num_elements() != 1 ||
+        delta->num_elements() != 1) {
       return RunError("start, limit and delta must be scalars of one type");
     }
     Tensor out;
     switch (t) {
-      case DataType::kFloat32: QS_RETURN_IF_ERROR(FillRange<float>(*start, *limit, *delta, &out)); break;
-      case DataType::kFloat64: QS_RETURN_IF_ERROR(FillRange<double>(*start, *limit, *delta, &out)); break;
-      case DataType::kInt16: QS_RETURN_IF_ERROR(FillRange<int16_t>(*start, *limit, *delta, &out)); break;
-      case DataType::kInt32: QS_RETURN_IF_ERROR(FillRange<int32_t>(*start, *limit, *delta, &out)); break;
-      case DataType::kInt64: QS_RETURN_IF_ERROR(FillRange<int64_t>(*start, *limit, *delta, &out)); break;
-      default: return RunError("unsupported element type ", DataTypeName(t));
+      case DataType::kFloat32:
+        QS_RETURN_IF_ERROR(FillRange<float>(*start, *limit, *delta, &out));
+        break;
+      case DataType::kFloat64:
+        QS_RETURN_IF_ERROR(FillRange<double>(*start, *limit, *delta, &out));
+        break;
+      case DataType::kInt16:
+        QS_RETURN_IF_ERROR(FillRange<int16_t>(*start, *limit, *delta, &out));
+        break;
+      case DataType::kInt32:
+        QS_RETURN_IF_ERROR(FillRange<int32_t>(*start, *limit, *delta, &out));
+        break;
+      case DataType::kInt64:
+        QS_RETURN_IF_ERROR(FillRange<int64_t>(*start, *limit, *delta, &out));
+        break;
+      default:
+        return RunError("unsupported element type ", DataTypeName(t));
     }
     (*ctx.outputs)[0] = std::move(out);
     return absl::OkStatus();
@@ -1032,7 +1113,8 @@ FactoryResult MakeRange(const KernelInit&) {
 
 void RegisterShapeKernels(KernelRegistry* r) {
   r->Register("Flatten", MakeFlatten, 1);
-  r->Register("Reshape", MakeReshape, 5);  // opset 1-4 took the shape as an attribute
+  r->Register("Reshape", MakeReshape,
+              5);  // opset 1-4 took the shape as an attribute
   r->Register("Transpose", MakeTranspose, 1);
   r->Register("Squeeze", MakeSqueeze, 1);
   r->Register("Unsqueeze", MakeUnsqueeze, 1);

@@ -42,17 +42,36 @@ InferenceService::InferenceService(ModelRepository* repository, const ServerStat
     : repository_(repository), state_(state), options_(options) {}
 
 InferenceService::~InferenceService() {
-  std::vector<std::thread> threads;
+  std::vector<BackgroundTask> tasks;
   {
     absl::MutexLock lock(&mu_);
-    threads.swap(background_);
+    tasks.swap(background_);
   }
-  for (auto& t : threads) t.join();
+  for (auto& t : tasks) t.thread.join();
 }
 
 void InferenceService::RunInBackground(std::function<void()> fn) {
-  absl::MutexLock lock(&mu_);
-  background_.emplace_back(std::move(fn));
+  std::vector<std::thread> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    // Join the operations that have finished: until joined, an exited thread keeps its
+    // stack mapped (8 MiB per repository load otherwise, for the daemon's lifetime).
+    for (auto it = background_.begin(); it != background_.end();) {
+      if (it->done->load(std::memory_order_acquire)) {
+        finished.push_back(std::move(it->thread));
+        it = background_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    std::thread thread([fn = std::move(fn), done] {
+      fn();
+      done->store(true, std::memory_order_release);
+    });
+    background_.push_back({std::move(thread), std::move(done)});
+  }
+  for (auto& t : finished) t.join();  // returns at once: they are past their work
 }
 
 grpc::ServerUnaryReactor* InferenceService::ServerLive(Ctx* ctx,
@@ -128,12 +147,47 @@ absl::Status InferenceService::SubmitInference(
     const inference::ModelInferRequest& req, absl::Time received, absl::Time deadline,
     std::function<bool()> is_cancelled, inference::ModelInferResponse* resp,
     std::function<void(absl::Status)> done) {
-  if (state_->draining()) return absl::UnavailableError("server is shutting down");
-  auto handle = repository_->Get(req.model_name(), req.model_version());
-  if (!handle.ok()) return handle.status();
-  if (handle->scheduler == nullptr) return absl::UnavailableError("model has no scheduler");
-  InferenceObserver* observer = handle->scheduler->observer();
-  auto decoded = DecodeRequest(req, *handle->model);
+  // A reload (or a poll-mode version switch) can retire the scheduler this request
+  // resolved to between Get() and Enqueue(). The model is still served, by the new
+  // scheduler, so resolve again rather than refuse: a successful reload refuses nothing.
+  // Each further attempt needs another swap in that window, hence the small bound.
+  constexpr int kMaxAttempts = 4;
+  std::shared_ptr<ModelScheduler> refused_by;  // a retired scheduler that refused it
+  absl::Status st;
+  for (int attempt = 1; attempt <= kMaxAttempts; ++attempt) {
+    if (state_->draining()) {
+      st = absl::UnavailableError("server is shutting down");
+      break;
+    }
+    auto handle = repository_->Get(req.model_name(), req.model_version());
+    if (!handle.ok()) {
+      // Shutdown unloads every model after it starts draining: say so, not "unknown model".
+      st = state_->draining() ? absl::UnavailableError("server is shutting down")
+                              : handle.status();
+      break;
+    }
+    st = Enqueue(req, *handle, received, deadline, is_cancelled, resp, done);
+    if (st.ok() || !absl::IsUnavailable(st) || handle->scheduler == nullptr ||
+        !handle->scheduler->retired()) {
+      return st;
+    }
+    refused_by = handle->scheduler;
+  }
+  if (refused_by != nullptr && refused_by->observer() != nullptr) {
+    refused_by->observer()->OnFailure(FailureReason::kRejected, absl::Now() - received);
+  }
+  return st;
+}
+
+absl::Status InferenceService::Enqueue(const inference::ModelInferRequest& req,
+                                       const ModelHandle& handle, absl::Time received,
+                                       absl::Time deadline,
+                                       const std::function<bool()>& is_cancelled,
+                                       inference::ModelInferResponse* resp,
+                                       const std::function<void(absl::Status)>& done) {
+  if (handle.scheduler == nullptr) return absl::UnavailableError("model has no scheduler");
+  InferenceObserver* observer = handle.scheduler->observer();
+  auto decoded = DecodeRequest(req, *handle.model);
   if (!decoded.ok()) {
     if (observer) observer->OnFailure(FailureReason::kInvalid, absl::Now() - received);
     return decoded.status();
@@ -154,10 +208,10 @@ absl::Status InferenceService::SubmitInference(
       request->deadline = std::min(request->deadline, received + absl::Microseconds(us));
     }
   }
-  request->is_cancelled = std::move(is_cancelled);
-  std::shared_ptr<const LoadedModel> model = handle->model;
+  request->is_cancelled = is_cancelled;
+  std::shared_ptr<const LoadedModel> model = handle.model;
   request->done = [resp, model, id = req.id(), indices = decoded->output_indices,
-                   done = std::move(done)](absl::Status st, InferenceResult result) {
+                   done](absl::Status st, InferenceResult result) {
     if (st.ok()) {
       resp->set_model_name(model->name());
       resp->set_model_version(absl::StrCat(model->version()));
@@ -166,8 +220,10 @@ absl::Status InferenceService::SubmitInference(
     }
     done(st);
   };
-  absl::Status st = handle->scheduler->Enqueue(std::move(request));
-  if (!st.ok() && observer) {
+  absl::Status st = handle.scheduler->Enqueue(std::move(request));
+  // A refusal by a retired scheduler may still succeed on its successor: SubmitInference
+  // counts it if it does not.
+  if (!st.ok() && observer && !handle.scheduler->retired()) {
     observer->OnFailure(FailureReason::kRejected, absl::Now() - received);
   }
   return st;

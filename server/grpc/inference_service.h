@@ -6,6 +6,9 @@
 #ifndef QUANTSERVE_SERVER_GRPC_INFERENCE_SERVICE_H_
 #define QUANTSERVE_SERVER_GRPC_INFERENCE_SERVICE_H_
 
+#include <atomic>
+#include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -87,14 +90,26 @@ class InferenceService final : public inference::GRPCInferenceService::CallbackS
                                std::function<void(absl::Status)> done);
 
  private:
+  struct BackgroundTask {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;  // set as the thread's last action
+  };
   grpc::ServerUnaryReactor* Unimplemented(Ctx* ctx, const char* what);
+  // Runs `fn` on its own thread; threads that have finished are joined on the next call
+  // and the rest by the destructor.
   void RunInBackground(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(mu_);
+  // One attempt of SubmitInference on a resolved handle: decode, validate, enqueue.
+  absl::Status Enqueue(const inference::ModelInferRequest& req, const ModelHandle& handle,
+                       absl::Time received, absl::Time deadline,
+                       const std::function<bool()>& is_cancelled,
+                       inference::ModelInferResponse* resp,
+                       const std::function<void(absl::Status)>& done);
 
   ModelRepository* repository_;
   const ServerState* state_;
   const Options options_;
   absl::Mutex mu_;
-  std::vector<std::thread> background_ ABSL_GUARDED_BY(mu_);
+  std::vector<BackgroundTask> background_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace qs

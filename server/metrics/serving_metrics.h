@@ -49,12 +49,12 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/metrics/server_collectors.h"
 #include "server/scheduling/inference_observer.h"
 
 namespace qs {
 
 class LoadedModel;
-class ModelRepository;
 
 // 50 us x 2^k for k = 0..18: 50 us ... 13.1 s (the first bound >= 10 s).
 std::vector<double> DefaultLatencyBuckets();
@@ -72,6 +72,7 @@ struct ModelMetricsInfo {
   int64_t weight_bytes = 0;        // constant bytes held by the plan as loaded
   int64_t fp32_weight_bytes = 0;   // what the same weights take in FP32
   absl::Duration load_duration;
+  int64_t max_queue_size = 0;      // the batcher's bound; 0 = unbounded
 };
 
 // The info for a loaded model version (its config's precision, its plan's statistics).
@@ -123,6 +124,7 @@ class ServingMetrics : public prometheus::Collectable,
     prometheus::Gauge* pending = nullptr;
     prometheus::Gauge* inflight = nullptr;
     prometheus::Gauge* load_duration = nullptr;
+    prometheus::Gauge* queue_capacity = nullptr;
   };
   // One {model, version, precision}'s memory gauges.
   struct MemorySeries {
@@ -138,10 +140,10 @@ class ServingMetrics : public prometheus::Collectable,
   MemorySeries* AcquireMemory(const MemoryKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Called by an observer's destructor.
   void Release(const VersionKey& version, const MemoryKey& memory) ABSL_LOCKS_EXCLUDED(mu_);
-  std::vector<prometheus::MetricFamily> CollectServer() const;
 
   const Options options_;
-  const absl::Time start_time_;
+  const ProcessCollector process_;
+  const std::unique_ptr<ModelStateCollector> states_;  // null without a repository
   const std::shared_ptr<prometheus::Registry> registry_;
   // Families are owned by registry_ and live as long as it does.
   prometheus::Family<prometheus::Histogram>& request_duration_;
@@ -156,6 +158,7 @@ class ServingMetrics : public prometheus::Collectable,
   prometheus::Family<prometheus::Gauge>& pending_;
   prometheus::Family<prometheus::Gauge>& inflight_;
   prometheus::Family<prometheus::Gauge>& load_duration_;
+  prometheus::Family<prometheus::Gauge>& queue_capacity_;
   prometheus::Family<prometheus::Gauge>& weight_bytes_;
   prometheus::Family<prometheus::Gauge>& fp32_weight_bytes_;
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -111,6 +112,11 @@ absl::Status ModelScheduler::Enqueue(std::unique_ptr<InferenceRequest> request) 
 void ModelScheduler::Retire() {
   absl::MutexLock lock(&mu_);
   retired_ = true;
+}
+
+bool ModelScheduler::retired() const {
+  absl::MutexLock lock(&mu_);
+  return retired_;
 }
 
 int64_t ModelScheduler::queued() const {
@@ -296,6 +302,11 @@ void ModelScheduler::Execute(ExecutionContext* ctx,
   InferenceTimings exec;
   exec.compute_input = infer_start - start;
   exec.compute_infer = infer_end - infer_start;
+  // Results are built and every statistic (per request and per execution) recorded
+  // before any request completes, so a client that has its answer sees its execution
+  // in ModelStatistics.
+  std::vector<std::pair<absl::Status, InferenceResult>> results;
+  results.reserve(batch.size());
   int64_t offset = 0;
   for (auto& r : batch) {
     InferenceResult result;
@@ -333,7 +344,7 @@ void ModelScheduler::Execute(ExecutionContext* ctx,
       stats_.RecordFailure(out_end - r->enqueue_time);
       if (observer) observer->OnFailure(FailureReasonFor(rs), out_end - r->enqueue_time);
     }
-    r->done(rs, std::move(result));
+    results.emplace_back(std::move(rs), std::move(result));
   }
   exec.compute_output = absl::Now() - infer_end;
   if (st.ok()) {
@@ -341,6 +352,9 @@ void ModelScheduler::Execute(ExecutionContext* ctx,
     if (observer) observer->OnExecution(total, exec);
   }
   if (observer) observer->OnInFlight(-static_cast<int64_t>(batch.size()));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i]->done(std::move(results[i].first), std::move(results[i].second));
+  }
 }
 
 }  // namespace qs

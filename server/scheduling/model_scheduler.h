@@ -68,6 +68,8 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
   void Retire() ABSL_LOCKS_EXCLUDED(mu_);
 
   int64_t queued() const ABSL_LOCKS_EXCLUDED(mu_);
+  // True once Retire() was called (it never becomes false again).
+  bool retired() const ABSL_LOCKS_EXCLUDED(mu_);
   const ModelStats& stats() const { return stats_; }
   // Null when no observer was configured.
   InferenceObserver* observer() const { return options_.observer.get(); }

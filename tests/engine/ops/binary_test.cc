@@ -1,8 +1,11 @@
-// Element-wise binary/variadic kernels (engine/ops/binary.cc), run end to end through
-// Session on one-node models. Expected values are computed in the test with plain loops.
+// Element-wise binary/variadic kernels (engine/ops/binary.cc), run end to end
+// through Session on one-node models. Expected values are computed in the test
+// with plain loops.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -55,10 +58,12 @@ class Model {
   Model& Output(const std::string& name, DataType dtype) {
     auto* vi = graph_->add_output();
     vi->set_name(name);
-    vi->mutable_type()->mutable_tensor_type()->set_elem_type(DataTypeToOnnx(dtype));
+    vi->mutable_type()->mutable_tensor_type()->set_elem_type(
+        DataTypeToOnnx(dtype));
     return *this;
   }
-  onnx::NodeProto* Node(const std::string& op, const std::vector<std::string>& inputs,
+  onnx::NodeProto* Node(const std::string& op,
+                        const std::vector<std::string>& inputs,
                         const std::vector<std::string>& outputs) {
     auto* n = graph_->add_node();
     n->set_op_type(op);
@@ -86,15 +91,16 @@ void AttrFloat(onnx::NodeProto* n, const std::string& name, float v) {
   a->set_type(onnx::AttributeProto::FLOAT);
   a->set_f(v);
 }
-void AttrString(onnx::NodeProto* n, const std::string& name, const std::string& v) {
+void AttrString(onnx::NodeProto* n, const std::string& name,
+                const std::string& v) {
   auto* a = n->add_attribute();
   a->set_name(name);
   a->set_type(onnx::AttributeProto::STRING);
   a->set_s(v);
 }
 
-absl::StatusOr<std::vector<Tensor>> RunModel(const Model& m,
-                                             const std::vector<Tensor>& inputs) {
+absl::StatusOr<std::vector<Tensor>> RunModel(
+    const Model& m, const std::vector<Tensor>& inputs) {
   auto session = Session::Compile(m.proto(), CompileOptions());
   if (!session.ok()) return session.status();
   auto ctx = (*session)->NewContext();
@@ -105,11 +111,14 @@ absl::StatusOr<std::vector<Tensor>> RunModel(const Model& m,
 }
 
 // One binary node "op(a, b) -> y" with both operands fed at run time.
-absl::StatusOr<Tensor> RunBinary(const std::string& op, int64_t opset, const Tensor& a,
-                                 const Tensor& b, DataType out_type,
+absl::StatusOr<Tensor> RunBinary(const std::string& op, int64_t opset,
+                                 const Tensor& a, const Tensor& b,
+                                 DataType out_type,
                                  void (*attrs)(onnx::NodeProto*) = nullptr) {
   Model m(opset);
-  m.Input("a", a.dtype(), a.shape()).Input("b", b.dtype(), b.shape()).Output("y", out_type);
+  m.Input("a", a.dtype(), a.shape())
+      .Input("b", b.dtype(), b.shape())
+      .Output("y", out_type);
   onnx::NodeProto* n = m.Node(op, {"a", "b"}, {"y"});
   if (attrs != nullptr) attrs(n);
   auto out = RunModel(m, {a, b});
@@ -148,19 +157,23 @@ TEST(BinaryTest, MulBroadcastsMiddleAndOuterDims) {
 }
 
 TEST(BinaryTest, SubWithScalarAndEqualShapes) {
-  auto y = RunBinary("Sub", 14, Make<int64_t>(DataType::kInt64, {3}, {5, 6, 7}),
-                     Make<int64_t>(DataType::kInt64, {}, {10}), DataType::kInt64);
+  auto y =
+      RunBinary("Sub", 14, Make<int64_t>(DataType::kInt64, {3}, {5, 6, 7}),
+                Make<int64_t>(DataType::kInt64, {}, {10}), DataType::kInt64);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<int64_t>(*y), (std::vector<int64_t>{-5, -4, -3}));
-  y = RunBinary("Sub", 14, Make<double>(DataType::kFloat64, {2, 2}, {1, 2, 3, 4}),
-                Make<double>(DataType::kFloat64, {2, 2}, {4, 3, 2, 1}), DataType::kFloat64);
+  y = RunBinary("Sub", 14,
+                Make<double>(DataType::kFloat64, {2, 2}, {1, 2, 3, 4}),
+                Make<double>(DataType::kFloat64, {2, 2}, {4, 3, 2, 1}),
+                DataType::kFloat64);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<double>(*y), (std::vector<double>{-3, -1, 1, 3}));
 }
 
 TEST(BinaryTest, IntegerDivTruncatesAndRejectsZero) {
-  auto y = RunBinary("Div", 14, Make<int32_t>(DataType::kInt32, {4}, {7, -7, 7, -7}),
-                     Make<int32_t>(DataType::kInt32, {4}, {2, 2, -2, -2}), DataType::kInt32);
+  auto y = RunBinary(
+      "Div", 14, Make<int32_t>(DataType::kInt32, {4}, {7, -7, 7, -7}),
+      Make<int32_t>(DataType::kInt32, {4}, {2, 2, -2, -2}), DataType::kInt32);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<int32_t>(*y), (std::vector<int32_t>{3, -3, -3, 3}));
   y = RunBinary("Div", 14, Make<int32_t>(DataType::kInt32, {2}, {1, 2}),
@@ -186,7 +199,8 @@ TEST(BinaryTest, Float16AddComputesInFloat) {
 
 TEST(BinaryTest, PowWithIntegerExponentKeepsBaseType) {
   auto y = RunBinary("Pow", 15, Make<float>(DataType::kFloat32, {3}, {2, 3, 4}),
-                     Make<int64_t>(DataType::kInt64, {3}, {3, 2, -1}), DataType::kFloat32);
+                     Make<int64_t>(DataType::kInt64, {3}, {3, 2, -1}),
+                     DataType::kFloat32);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->dtype(), DataType::kFloat32);
   EXPECT_EQ(Values<float>(*y), (std::vector<float>{8, 9, 0.25f}));
@@ -204,8 +218,8 @@ TEST(BinaryTest, ComparisonsProduceBool) {
     int64_t opset;
     std::vector<uint8_t> want;
   } cases[] = {
-      {"Less", 13, {1, 0, 0, 1}},         {"Greater", 13, {0, 1, 0, 0}},
-      {"Equal", 13, {0, 0, 1, 0}},        {"LessOrEqual", 16, {1, 0, 1, 1}},
+      {"Less", 13, {1, 0, 0, 1}},           {"Greater", 13, {0, 1, 0, 0}},
+      {"Equal", 13, {0, 0, 1, 0}},          {"LessOrEqual", 16, {1, 0, 1, 1}},
       {"GreaterOrEqual", 16, {0, 1, 1, 0}},
   };
   for (const Case& c : cases) {
@@ -253,7 +267,8 @@ TEST(BinaryTest, WhereBroadcastsThreeWays) {
                           Make<int64_t>(DataType::kInt64, {}, {-1})});
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ((*out)[0].shape(), (Shape{2, 3}));
-  EXPECT_EQ(Values<int64_t>((*out)[0]), (std::vector<int64_t>{1, 2, 3, -1, -1, -1}));
+  EXPECT_EQ(Values<int64_t>((*out)[0]),
+            (std::vector<int64_t>{1, 2, 3, -1, -1, -1}));
 }
 
 TEST(BinaryTest, VariadicMaxMinSumMeanBroadcast) {
@@ -274,7 +289,8 @@ TEST(BinaryTest, VariadicMaxMinSumMeanBroadcast) {
   std::vector<float> mx, mn, sum, mean;
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 2; ++j) {
-      const float va = a.data<float>()[i * 2 + j], vb = b.data<float>()[j], vc = 3;
+      const float va = a.data<float>()[i * 2 + j], vb = b.data<float>()[j],
+                  vc = 3;
       mx.push_back(std::max({va, vb, vc}));
       mn.push_back(std::min({va, vb, vc}));
       sum.push_back(va + vb + vc);
@@ -295,8 +311,9 @@ TEST(BinaryTest, ModFollowsDivisorOrDividendSign) {
   auto y = RunBinary("Mod", 13, a, b, DataType::kInt32);  // Python semantics
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<int32_t>(*y), (std::vector<int32_t>{1, 2, -2, -1}));
-  y = RunBinary("Mod", 13, a, b, DataType::kInt32,
-                [](onnx::NodeProto* n) { AttrInt(n, "fmod", 1); });  // C semantics
+  y = RunBinary("Mod", 13, a, b, DataType::kInt32, [](onnx::NodeProto* n) {
+    AttrInt(n, "fmod", 1);
+  });  // C semantics
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<int32_t>(*y), (std::vector<int32_t>{1, -1, 1, -1}));
   y = RunBinary("Mod", 13, Make<float>(DataType::kFloat32, {2}, {5.5f, -5.5f}),
@@ -309,19 +326,22 @@ TEST(BinaryTest, ModFollowsDivisorOrDividendSign) {
 TEST(BinaryTest, BitShiftUnsigned) {
   Tensor a = Make<uint8_t>(DataType::kUInt8, {3}, {1, 16, 255});
   Tensor b = Make<uint8_t>(DataType::kUInt8, {3}, {1, 2, 9});
-  auto y = RunBinary("BitShift", 11, a, b, DataType::kUInt8,
-                     [](onnx::NodeProto* n) { AttrString(n, "direction", "LEFT"); });
+  auto y =
+      RunBinary("BitShift", 11, a, b, DataType::kUInt8,
+                [](onnx::NodeProto* n) { AttrString(n, "direction", "LEFT"); });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<uint8_t>(*y), (std::vector<uint8_t>{2, 64, 0}));
-  y = RunBinary("BitShift", 11, a, b, DataType::kUInt8,
-                [](onnx::NodeProto* n) { AttrString(n, "direction", "RIGHT"); });
+  y = RunBinary("BitShift", 11, a, b, DataType::kUInt8, [](onnx::NodeProto* n) {
+    AttrString(n, "direction", "RIGHT");
+  });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<uint8_t>(*y), (std::vector<uint8_t>{0, 4, 0}));
 }
 
 TEST(BinaryTest, PReluBroadcastsSlope) {
-  auto y = RunBinary("PRelu", 16, Make<float>(DataType::kFloat32, {2, 2}, {-1, 2, -3, 4}),
-                     Make<float>(DataType::kFloat32, {2}, {0.5f, 0.25f}), DataType::kFloat32);
+  auto y = RunBinary(
+      "PRelu", 16, Make<float>(DataType::kFloat32, {2, 2}, {-1, 2, -3, 4}),
+      Make<float>(DataType::kFloat32, {2}, {0.5f, 0.25f}), DataType::kFloat32);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<float>(*y), (std::vector<float>{-0.5f, 2, -1.5f, 4}));
 }
@@ -329,7 +349,9 @@ TEST(BinaryTest, PReluBroadcastsSlope) {
 TEST(BinaryTest, ClipWithOptionalInputsAndLegacyAttributes) {
   // Opset 13: min omitted, max given, int8.
   Model m(13);
-  m.Input("x", DataType::kInt8, {4}).Input("hi", DataType::kInt8, {}).Output("y", DataType::kInt8);
+  m.Input("x", DataType::kInt8, {4})
+      .Input("hi", DataType::kInt8, {})
+      .Output("y", DataType::kInt8);
   m.Node("Clip", {"x", "", "hi"}, {"y"});
   auto out = RunModel(m, {Make<int8_t>(DataType::kInt8, {4}, {-128, 0, 5, 127}),
                           Make<int8_t>(DataType::kInt8, {}, {4})});
@@ -347,9 +369,72 @@ TEST(BinaryTest, ClipWithOptionalInputsAndLegacyAttributes) {
   EXPECT_EQ(Values<float>((*out)[0]), (std::vector<float>{-1, 0.5f, 1}));
 }
 
+// Random shape pairs (rank <= 4, random size-1 dims on either side) against a
+// naive per-element broadcast: exercises the dim-collapsing plan and every
+// stride pattern.
+TEST(BinaryTest, RandomBroadcastsMatchNaiveIndexing) {
+  std::mt19937 rng(1234);
+  auto uniform = [&](int lo, int hi) {
+    return std::uniform_int_distribution<int>(lo, hi)(rng);
+  };
+  for (int iter = 0; iter < 300; ++iter) {
+    const int rank = uniform(0, 4);
+    Shape out(rank), sa, sb;
+    for (int d = 0; d < rank; ++d) out[d] = uniform(1, 5);
+    // Each side drops some leading dims and sets some dims to 1.
+    const int ra = uniform(0, rank), rb = uniform(0, rank);
+    for (int d = rank - ra; d < rank; ++d)
+      sa.push_back(uniform(0, 2) == 0 ? 1 : out[d]);
+    for (int d = rank - rb; d < rank; ++d)
+      sb.push_back(uniform(0, 2) == 0 ? 1 : out[d]);
+    Tensor a(DataType::kInt32, sa), b(DataType::kInt32, sb);
+    for (int64_t i = 0; i < a.num_elements(); ++i)
+      a.data<int32_t>()[i] = uniform(-99, 99);
+    for (int64_t i = 0; i < b.num_elements(); ++i)
+      b.data<int32_t>()[i] = uniform(-99, 99);
+    auto y = RunBinary("Sub", 14, a, b, DataType::kInt32);
+    ASSERT_TRUE(y.ok()) << y.status();
+    // Expected output: rank max(ra, rb); per dim the larger of the left-padded
+    // dims.
+    const int r = std::max(ra, rb);
+    Shape want_shape(r);
+    for (int d = 0; d < r; ++d) {
+      const int64_t da = d >= r - ra ? sa[d - (r - ra)] : 1;
+      const int64_t db = d >= r - rb ? sb[d - (r - rb)] : 1;
+      want_shape[d] = std::max(da, db);
+    }
+    ASSERT_EQ(y->shape(), want_shape);
+    const int64_t n = NumElements(want_shape);
+    bool same = true;
+    for (int64_t flat = 0; flat < n; ++flat) {
+      // Decompose flat into coordinates, then map into each input (size-1 dims
+      // -> 0).
+      std::vector<int64_t> idx(r);
+      int64_t rem = flat;
+      for (int d = r - 1; d >= 0; --d) {
+        idx[d] = rem % want_shape[d];
+        rem /= want_shape[d];
+      }
+      auto offset = [&](const Shape& s) {
+        int64_t off = 0;
+        const int pad = r - static_cast<int>(s.size());
+        for (size_t d = 0; d < s.size(); ++d) {
+          off = off * s[d] + (s[d] == 1 ? 0 : idx[pad + d]);
+        }
+        return off;
+      };
+      const int32_t want =
+          a.data<int32_t>()[offset(sa)] - b.data<int32_t>()[offset(sb)];
+      same = same && y->data<int32_t>()[flat] == want;
+    }
+    EXPECT_TRUE(same) << ShapeToString(sa) << " - " << ShapeToString(sb);
+  }
+}
+
 TEST(BinaryTest, ErrorsNameTheProblem) {
-  auto y = RunBinary("Add", 14, Make<float>(DataType::kFloat32, {2, 3}, {1, 2, 3, 4, 5, 6}),
-                     Make<float>(DataType::kFloat32, {2}, {1, 2}), DataType::kFloat32);
+  auto y = RunBinary(
+      "Add", 14, Make<float>(DataType::kFloat32, {2, 3}, {1, 2, 3, 4, 5, 6}),
+      Make<float>(DataType::kFloat32, {2}, {1, 2}), DataType::kFloat32);
   EXPECT_FALSE(y.ok());
   y = RunBinary("Mod", 13, Make<int32_t>(DataType::kInt32, {1}, {1}),
                 Make<int32_t>(DataType::kInt32, {1}, {1}), DataType::kInt32,
@@ -359,7 +444,8 @@ TEST(BinaryTest, ErrorsNameTheProblem) {
 }
 
 TEST(BinaryTest, ConstantOperandsFoldAtCompileTime) {
-  // Both operands are initializers: the node is folded, the output is a constant.
+  // Both operands are initializers: the node is folded, the output is a
+  // constant.
   Model m(14);
   m.Initializer("a", Make<int64_t>(DataType::kInt64, {2}, {3, 4}))
       .Initializer("b", Make<int64_t>(DataType::kInt64, {}, {2}))

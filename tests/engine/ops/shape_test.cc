@@ -1,11 +1,13 @@
-// Shape, index and reduce kernels (engine/ops/shape.cc, index.cc, reduce.cc), run end to
-// end through Session on small models, including the pre-opset-13 attribute forms.
-// Expected values are computed in the test with plain index loops.
+// Shape, index and reduce kernels (engine/ops/shape.cc, index.cc, reduce.cc),
+// run end to end through Session on small models, including the pre-opset-13
+// attribute forms. Expected values are computed in the test with plain index
+// loops.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -67,10 +69,12 @@ class Model {
   Model& Output(const std::string& name, DataType dtype) {
     auto* vi = graph_->add_output();
     vi->set_name(name);
-    vi->mutable_type()->mutable_tensor_type()->set_elem_type(DataTypeToOnnx(dtype));
+    vi->mutable_type()->mutable_tensor_type()->set_elem_type(
+        DataTypeToOnnx(dtype));
     return *this;
   }
-  onnx::NodeProto* Node(const std::string& op, const std::vector<std::string>& inputs,
+  onnx::NodeProto* Node(const std::string& op,
+                        const std::vector<std::string>& inputs,
                         const std::vector<std::string>& outputs) {
     auto* n = graph_->add_node();
     n->set_op_type(op);
@@ -92,7 +96,8 @@ void AttrInt(onnx::NodeProto* n, const std::string& name, int64_t v) {
   a->set_type(onnx::AttributeProto::INT);
   a->set_i(v);
 }
-void AttrInts(onnx::NodeProto* n, const std::string& name, const std::vector<int64_t>& v) {
+void AttrInts(onnx::NodeProto* n, const std::string& name,
+              const std::vector<int64_t>& v) {
   auto* a = n->add_attribute();
   a->set_name(name);
   a->set_type(onnx::AttributeProto::INTS);
@@ -104,7 +109,8 @@ void AttrFloat(onnx::NodeProto* n, const std::string& name, float v) {
   a->set_type(onnx::AttributeProto::FLOAT);
   a->set_f(v);
 }
-void AttrString(onnx::NodeProto* n, const std::string& name, const std::string& v) {
+void AttrString(onnx::NodeProto* n, const std::string& name,
+                const std::string& v) {
   auto* a = n->add_attribute();
   a->set_name(name);
   a->set_type(onnx::AttributeProto::STRING);
@@ -117,8 +123,8 @@ void AttrTensor(onnx::NodeProto* n, const std::string& name, const Tensor& t) {
   *a->mutable_t() = TensorToProto(t, "");
 }
 
-absl::StatusOr<std::vector<Tensor>> RunModel(const Model& m,
-                                             const std::vector<Tensor>& inputs) {
+absl::StatusOr<std::vector<Tensor>> RunModel(
+    const Model& m, const std::vector<Tensor>& inputs) {
   auto session = Session::Compile(m.proto(), CompileOptions());
   if (!session.ok()) return session.status();
   auto ctx = (*session)->NewContext();
@@ -128,11 +134,12 @@ absl::StatusOr<std::vector<Tensor>> RunModel(const Model& m,
   return outputs;
 }
 
-// A single node over a run-time input "x" and constant (initializer) extra inputs
-// named c1, c2, ... (an empty Tensor leaves that optional input out).
+// A single node over a run-time input "x" and constant (initializer) extra
+// inputs named c1, c2, ... (an empty Tensor leaves that optional input out).
 absl::StatusOr<std::vector<Tensor>> RunNode(
-    const std::string& op, int64_t opset, const Tensor& x, const std::vector<Tensor>& consts,
-    const std::vector<DataType>& out_types, void (*attrs)(onnx::NodeProto*) = nullptr) {
+    const std::string& op, int64_t opset, const Tensor& x,
+    const std::vector<Tensor>& consts, const std::vector<DataType>& out_types,
+    void (*attrs)(onnx::NodeProto*) = nullptr) {
   Model m(opset);
   m.Input("x", x.dtype(), x.shape());
   std::vector<std::string> inputs = {"x"};
@@ -155,8 +162,10 @@ absl::StatusOr<std::vector<Tensor>> RunNode(
   return RunModel(m, {x});
 }
 
-absl::StatusOr<Tensor> RunOne(const std::string& op, int64_t opset, const Tensor& x,
-                              const std::vector<Tensor>& consts, DataType out_type,
+absl::StatusOr<Tensor> RunOne(const std::string& op, int64_t opset,
+                              const Tensor& x,
+                              const std::vector<Tensor>& consts,
+                              DataType out_type,
                               void (*attrs)(onnx::NodeProto*) = nullptr) {
   auto out = RunNode(op, opset, x, consts, {out_type}, attrs);
   if (!out.ok()) return out.status();
@@ -200,7 +209,9 @@ TEST(ShapeTest, SqueezeUnsqueezeAttributeAndInputForms) {
   EXPECT_FALSE(y.ok());  // dim 1 is 3
 
   y = RunOne("Unsqueeze", 11, Iota({3, 4}), {}, DataType::kFloat32,
-             [](onnx::NodeProto* n) { AttrInts(n, "axes", {0, 3}); });
+             [](onnx::NodeProto* n) {
+               AttrInts(n, "axes", {0, 3});
+             });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{1, 3, 4, 1}));
   y = RunOne("Unsqueeze", 13, Iota({3, 4}), {I64({-1, 1})}, DataType::kFloat32);
@@ -209,12 +220,14 @@ TEST(ShapeTest, SqueezeUnsqueezeAttributeAndInputForms) {
 }
 
 TEST(ShapeTest, DropoutIsIdentityWithAllTrueMask) {
-  auto out = RunNode("Dropout", 13, Iota({2, 2}), {}, {DataType::kFloat32, DataType::kBool});
+  auto out = RunNode("Dropout", 13, Iota({2, 2}), {},
+                     {DataType::kFloat32, DataType::kBool});
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(Values<float>((*out)[0]), (std::vector<float>{0, 1, 2, 3}));
   EXPECT_EQ(Values<uint8_t>((*out)[1]), (std::vector<uint8_t>{1, 1, 1, 1}));
   // Opset 7: the mask has the data's type.
-  out = RunNode("Dropout", 7, Iota({2}), {}, {DataType::kFloat32, DataType::kFloat32});
+  out = RunNode("Dropout", 7, Iota({2}), {},
+                {DataType::kFloat32, DataType::kFloat32});
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ((*out)[1].dtype(), DataType::kFloat32);
   EXPECT_EQ(Values<float>((*out)[1]), (std::vector<float>{1, 1}));
@@ -233,13 +246,16 @@ TEST(ShapeTest, TransposeMatchesIndexLoops) {
   const Shape in = {2, 3, 4};
   Tensor x = Iota(in);
   auto y = RunOne("Transpose", 13, x, {}, DataType::kFloat32,
-                  [](onnx::NodeProto* n) { AttrInts(n, "perm", {2, 0, 1}); });
+                  [](onnx::NodeProto* n) {
+                    AttrInts(n, "perm", {2, 0, 1});
+                  });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{4, 2, 3}));
   std::vector<float> want;
   for (int k = 0; k < 4; ++k)
     for (int i = 0; i < 2; ++i)
-      for (int j = 0; j < 3; ++j) want.push_back(static_cast<float>((i * 3 + j) * 4 + k));
+      for (int j = 0; j < 3; ++j)
+        want.push_back(static_cast<float>((i * 3 + j) * 4 + k));
   EXPECT_EQ(Values<float>(*y), want);
   // Default perm reverses the dims.
   y = RunOne("Transpose", 13, Iota({2, 3}), {}, DataType::kFloat32);
@@ -247,7 +263,8 @@ TEST(ShapeTest, TransposeMatchesIndexLoops) {
   EXPECT_EQ(Values<float>(*y), (std::vector<float>{0, 3, 1, 4, 2, 5}));
 }
 
-// Every permutation of a 4-D tensor whose dims are large enough for the tiled path.
+// Every permutation of a 4-D tensor whose dims are large enough for the tiled
+// path.
 TEST(ShapeTest, TransposeAllPermutationsMatchIndexLoops) {
   const Shape in = {3, 9, 10, 11};
   Tensor x = Iota(in);
@@ -269,8 +286,9 @@ TEST(ShapeTest, TransposeAllPermutationsMatchIndexLoops) {
       for (int64_t b = 0; b < out_shape[1]; ++b)
         for (int64_t c = 0; c < out_shape[2]; ++c)
           for (int64_t d = 0; d < out_shape[3]; ++d, ++o) {
-            const int64_t src = a * in_strides[perm[0]] + b * in_strides[perm[1]] +
-                                c * in_strides[perm[2]] + d * in_strides[perm[3]];
+            const int64_t src =
+                a * in_strides[perm[0]] + b * in_strides[perm[1]] +
+                c * in_strides[perm[2]] + d * in_strides[perm[3]];
             same = same && y.data<float>()[o] == static_cast<float>(src);
           }
     EXPECT_TRUE(same) << "perm " << ShapeToString(perm);
@@ -282,11 +300,13 @@ TEST(ShapeTest, ConcatAndSplit) {
   m.Input("a", DataType::kInt64, {2, 1}).Input("b", DataType::kInt64, {2, 2});
   m.Output("y", DataType::kInt64);
   AttrInt(m.Node("Concat", {"a", "b"}, {"y"}), "axis", -1);
-  auto out = RunModel(m, {Make<int64_t>(DataType::kInt64, {2, 1}, {1, 2}),
-                          Make<int64_t>(DataType::kInt64, {2, 2}, {3, 4, 5, 6})});
+  auto out =
+      RunModel(m, {Make<int64_t>(DataType::kInt64, {2, 1}, {1, 2}),
+                   Make<int64_t>(DataType::kInt64, {2, 2}, {3, 4, 5, 6})});
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ((*out)[0].shape(), (Shape{2, 3}));
-  EXPECT_EQ(Values<int64_t>((*out)[0]), (std::vector<int64_t>{1, 3, 4, 2, 5, 6}));
+  EXPECT_EQ(Values<int64_t>((*out)[0]),
+            (std::vector<int64_t>{1, 3, 4, 2, 5, 6}));
 
   // Opset 13: split sizes as an input.
   auto parts = RunNode("Split", 13, Iota({2, 5}), {I64({2, 3})},
@@ -296,8 +316,11 @@ TEST(ShapeTest, ConcatAndSplit) {
   EXPECT_EQ(Values<float>((*parts)[0]), (std::vector<float>{0, 1, 5, 6}));
   EXPECT_EQ(Values<float>((*parts)[1]), (std::vector<float>{2, 3, 4, 7, 8, 9}));
   // Opset 11: split attribute; equal parts when absent.
-  parts = RunNode("Split", 11, Iota({6}), {}, {DataType::kFloat32, DataType::kFloat32},
-                  [](onnx::NodeProto* n) { AttrInts(n, "split", {1, 5}); });
+  parts =
+      RunNode("Split", 11, Iota({6}), {},
+              {DataType::kFloat32, DataType::kFloat32}, [](onnx::NodeProto* n) {
+                AttrInts(n, "split", {1, 5});
+              });
   ASSERT_TRUE(parts.ok()) << parts.status();
   EXPECT_EQ((*parts)[1].shape(), (Shape{5}));
   parts = RunNode("Split", 13, Iota({6}), {},
@@ -309,15 +332,18 @@ TEST(ShapeTest, ConcatAndSplit) {
 TEST(ShapeTest, SliceNegativeStepsAndClamping) {
   const Shape in = {3, 5};
   Tensor x = Iota(in);
-  // Rows reversed from the last, every other column counting down from 100 (clamped).
-  auto y = RunOne("Slice", 13, x, {I64({-1, 100}), I64({INT64_MIN, 0}), I64({0, 1}),
-                                   I64({-1, -2})},
-                  DataType::kFloat32);
+  // Rows reversed from the last, every other column counting down from 100
+  // (clamped).
+  auto y =
+      RunOne("Slice", 13, x,
+             {I64({-1, 100}), I64({INT64_MIN, 0}), I64({0, 1}), I64({-1, -2})},
+             DataType::kFloat32);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{3, 2}));
   std::vector<float> want;
   for (int i = 2; i >= 0; --i)
-    for (int j = 4; j > 0; j -= 2) want.push_back(static_cast<float>(i * 5 + j));
+    for (int j = 4; j > 0; j -= 2)
+      want.push_back(static_cast<float>(i * 5 + j));
   EXPECT_EQ(Values<float>(*y), want);
   // axes omitted, steps omitted, negative start.
   y = RunOne("Slice", 13, x, {I64({1, -3}), I64({3, 5})}, DataType::kFloat32);
@@ -334,26 +360,32 @@ TEST(ShapeTest, SliceNegativeStepsAndClamping) {
 }
 
 TEST(ShapeTest, ExpandAndTile) {
-  auto y = RunOne("Expand", 13, Iota({3, 1}), {I64({2, 1, 2})}, DataType::kFloat32);
+  auto y =
+      RunOne("Expand", 13, Iota({3, 1}), {I64({2, 1, 2})}, DataType::kFloat32);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{2, 3, 2}));
-  EXPECT_EQ(Values<float>(*y), (std::vector<float>{0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2}));
+  EXPECT_EQ(Values<float>(*y),
+            (std::vector<float>{0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2}));
   y = RunOne("Tile", 13, Iota({2, 2}), {I64({2, 3})}, DataType::kFloat32);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{4, 6}));
   std::vector<float> want;
   for (int i = 0; i < 4; ++i)
-    for (int j = 0; j < 6; ++j) want.push_back(static_cast<float>((i % 2) * 2 + j % 2));
+    for (int j = 0; j < 6; ++j)
+      want.push_back(static_cast<float>((i % 2) * 2 + j % 2));
   EXPECT_EQ(Values<float>(*y), want);
 }
 
 TEST(ShapeTest, PadModes) {
   Tensor x = Iota({2, 3});  // [[0,1,2],[3,4,5]]
-  auto y = RunOne("Pad", 13, x, {I64({0, 2, 1, -1}), Make<float>(DataType::kFloat32, {}, {9})},
-                  DataType::kFloat32);  // constant; the end of dim 1 is cropped
+  auto y =
+      RunOne("Pad", 13, x,
+             {I64({0, 2, 1, -1}), Make<float>(DataType::kFloat32, {}, {9})},
+             DataType::kFloat32);  // constant; the end of dim 1 is cropped
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{3, 4}));
-  EXPECT_EQ(Values<float>(*y), (std::vector<float>{9, 9, 0, 1, 9, 9, 3, 4, 9, 9, 9, 9}));
+  EXPECT_EQ(Values<float>(*y),
+            (std::vector<float>{9, 9, 0, 1, 9, 9, 3, 4, 9, 9, 9, 9}));
   y = RunOne("Pad", 13, x, {I64({0, 2, 0, 2})}, DataType::kFloat32,
              [](onnx::NodeProto* n) { AttrString(n, "mode", "reflect"); });
   ASSERT_TRUE(y.ok()) << y.status();
@@ -362,12 +394,14 @@ TEST(ShapeTest, PadModes) {
   y = RunOne("Pad", 13, x, {I64({1, 1, 0, 0})}, DataType::kFloat32,
              [](onnx::NodeProto* n) { AttrString(n, "mode", "edge"); });
   ASSERT_TRUE(y.ok()) << y.status();
-  EXPECT_EQ(Values<float>(*y), (std::vector<float>{0, 0, 1, 2, 0, 0, 1, 2, 3, 3, 4, 5}));
+  EXPECT_EQ(Values<float>(*y),
+            (std::vector<float>{0, 0, 1, 2, 0, 0, 1, 2, 3, 3, 4, 5}));
   // Opset 2: pads and value are attributes.
-  y = RunOne("Pad", 2, Iota({2}), {}, DataType::kFloat32, [](onnx::NodeProto* n) {
-    AttrInts(n, "pads", {1, 0});
-    AttrFloat(n, "value", -1.f);
-  });
+  y = RunOne("Pad", 2, Iota({2}), {}, DataType::kFloat32,
+             [](onnx::NodeProto* n) {
+               AttrInts(n, "pads", {1, 0});
+               AttrFloat(n, "value", -1.f);
+             });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<float>(*y), (std::vector<float>{-1, 0, 1}));
   y = RunOne("Pad", 13, x, {I64({0, 0, 0, 0})}, DataType::kFloat32,
@@ -378,10 +412,11 @@ TEST(ShapeTest, PadModes) {
 
 TEST(ShapeTest, DepthToSpaceAndBack) {
   Tensor x = Iota({1, 8, 2, 3});
-  auto y = RunOne("DepthToSpace", 13, x, {}, DataType::kFloat32, [](onnx::NodeProto* n) {
-    AttrInt(n, "blocksize", 2);
-    AttrString(n, "mode", "CRD");
-  });
+  auto y = RunOne("DepthToSpace", 13, x, {}, DataType::kFloat32,
+                  [](onnx::NodeProto* n) {
+                    AttrInt(n, "blocksize", 2);
+                    AttrString(n, "mode", "CRD");
+                  });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{1, 2, 4, 6}));
   // CRD: out[c, h*b+i, w*b+j] = in[c*b*b + i*b + j, h, w].
@@ -395,7 +430,8 @@ TEST(ShapeTest, DepthToSpaceAndBack) {
   EXPECT_EQ(Values<float>(*y), want);
   // SpaceToDepth inverts DCR DepthToSpace.
   Model m(13);
-  m.Input("x", DataType::kFloat32, {1, 8, 2, 3}).Output("y", DataType::kFloat32);
+  m.Input("x", DataType::kFloat32, {1, 8, 2, 3})
+      .Output("y", DataType::kFloat32);
   AttrInt(m.Node("DepthToSpace", {"x"}, {"t"}), "blocksize", 2);
   AttrInt(m.Node("SpaceToDepth", {"t"}, {"y"}), "blocksize", 2);
   auto out = RunModel(m, {x});
@@ -431,7 +467,8 @@ TEST(ShapeTest, ConstantsAndConstantOfShape) {
 
   auto y = RunOne("ConstantOfShape", 9, I64({2, 2}), {}, DataType::kInt32,
                   [](onnx::NodeProto* n) {
-                    AttrTensor(n, "value", Make<int32_t>(DataType::kInt32, {1}, {7}));
+                    AttrTensor(n, "value",
+                               Make<int32_t>(DataType::kInt32, {1}, {7}));
                   });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{2, 2}));
@@ -439,8 +476,9 @@ TEST(ShapeTest, ConstantsAndConstantOfShape) {
 }
 
 TEST(ShapeTest, CastNumericTypesAndRejectString) {
-  auto y = RunOne("Cast", 13, Make<float>(DataType::kFloat32, {3}, {1.5f, -2.5f, 3}), {},
-                  DataType::kInt32, [](onnx::NodeProto* n) { AttrInt(n, "to", 6); });
+  auto y = RunOne(
+      "Cast", 13, Make<float>(DataType::kFloat32, {3}, {1.5f, -2.5f, 3}), {},
+      DataType::kInt32, [](onnx::NodeProto* n) { AttrInt(n, "to", 6); });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<int32_t>(*y), (std::vector<int32_t>{1, -2, 3}));
   y = RunOne("Cast", 13, I64({1, 2048}), {}, DataType::kFloat16,
@@ -464,8 +502,8 @@ TEST(ShapeTest, RangeCountsTowardLimit) {
   EXPECT_EQ(Values<int32_t>((*out)[0]), (std::vector<int32_t>{4, 1, -2, -5}));
 }
 
-// A shape subgraph over a constant is folded at compile time by running these kernels
-// on int64 tensors: Reshape(x, Concat(Slice(Shape(w)), [-1])).
+// A shape subgraph over a constant is folded at compile time by running these
+// kernels on int64 tensors: Reshape(x, Concat(Slice(Shape(w)), [-1])).
 TEST(ShapeTest, ConstantShapeSubgraphFolds) {
   Model m(13);
   m.Input("x", DataType::kFloat32, {24}).Output("y", DataType::kFloat32);
@@ -491,9 +529,9 @@ TEST(ShapeTest, ConstantShapeSubgraphFolds) {
 
 TEST(IndexTest, GatherAxis1WithNegativeIndices) {
   Tensor x = Iota({2, 4});
-  auto y = RunOne("Gather", 13, x,
-                  {Make<int64_t>(DataType::kInt64, {2, 2}, {0, -1, 2, 2})},
-                  DataType::kFloat32, [](onnx::NodeProto* n) { AttrInt(n, "axis", 1); });
+  auto y = RunOne(
+      "Gather", 13, x, {Make<int64_t>(DataType::kInt64, {2, 2}, {0, -1, 2, 2})},
+      DataType::kFloat32, [](onnx::NodeProto* n) { AttrInt(n, "axis", 1); });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{2, 2, 2}));
   std::vector<float> want;
@@ -508,7 +546,8 @@ TEST(IndexTest, GatherAxis1WithNegativeIndices) {
 
 TEST(IndexTest, GatherElements) {
   auto y = RunOne("GatherElements", 13, Iota({2, 3}),
-                  {Make<int64_t>(DataType::kInt64, {2, 2}, {2, 0, -1, 1})}, DataType::kFloat32,
+                  {Make<int64_t>(DataType::kInt64, {2, 2}, {2, 0, -1, 1})},
+                  DataType::kFloat32,
                   [](onnx::NodeProto* n) { AttrInt(n, "axis", 1); });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(Values<float>(*y), (std::vector<float>{2, 0, 5, 4}));
@@ -536,14 +575,16 @@ TEST(IndexTest, ArgMaxKeepdimsAndLastIndex) {
 }
 
 TEST(IndexTest, TopKNonZeroOneHot) {
-  auto out = RunNode("TopK", 11, Make<float>(DataType::kFloat32, {5}, {3, 1, 4, 1, 5}),
-                     {I64({3})}, {DataType::kFloat32, DataType::kInt64},
-                     [](onnx::NodeProto* n) { AttrInt(n, "largest", 0); });
+  auto out =
+      RunNode("TopK", 11, Make<float>(DataType::kFloat32, {5}, {3, 1, 4, 1, 5}),
+              {I64({3})}, {DataType::kFloat32, DataType::kInt64},
+              [](onnx::NodeProto* n) { AttrInt(n, "largest", 0); });
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(Values<float>((*out)[0]), (std::vector<float>{1, 1, 3}));
   EXPECT_EQ(Values<int64_t>((*out)[1]), (std::vector<int64_t>{1, 3, 0}));
 
-  auto y = RunOne("NonZero", 13, Make<int32_t>(DataType::kInt32, {2, 2}, {0, 5, 6, 0}), {},
+  auto y = RunOne("NonZero", 13,
+                  Make<int32_t>(DataType::kInt32, {2, 2}, {0, 5, 6, 0}), {},
                   DataType::kInt64);
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{2, 2}));
@@ -564,10 +605,11 @@ TEST(IndexTest, TopKNonZeroOneHot) {
 TEST(ReduceTest, ReduceMeanNoKeepdims) {
   const Shape in = {2, 3, 4};
   Tensor x = Iota(in);
-  auto y = RunOne("ReduceMean", 13, x, {}, DataType::kFloat32, [](onnx::NodeProto* n) {
-    AttrInts(n, "axes", {1});
-    AttrInt(n, "keepdims", 0);
-  });
+  auto y = RunOne("ReduceMean", 13, x, {}, DataType::kFloat32,
+                  [](onnx::NodeProto* n) {
+                    AttrInts(n, "axes", {1});
+                    AttrInt(n, "keepdims", 0);
+                  });
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->shape(), (Shape{2, 4}));
   std::vector<float> want;
@@ -582,27 +624,37 @@ TEST(ReduceTest, ReduceMeanNoKeepdims) {
 
 TEST(ReduceTest, NonAdjacentAxesAndEveryKind) {
   const Shape in = {2, 3, 2};
-  Tensor x = Make<float>(DataType::kFloat32, in, {1, -2, 3, 0.5f, 2, -1, 4, 1, -3, 2, 0.25f, 5});
-  auto at = [&](int i, int j, int k) { return x.data<float>()[(i * 3 + j) * 2 + k]; };
+  Tensor x = Make<float>(DataType::kFloat32, in,
+                         {1, -2, 3, 0.5f, 2, -1, 4, 1, -3, 2, 0.25f, 5});
+  auto at = [&](int i, int j, int k) {
+    return x.data<float>()[(i * 3 + j) * 2 + k];
+  };
   struct Case {
     const char* op;
     double (*init)();
     double (*step)(double, double);
     double (*fin)(double, int);
   } cases[] = {
-      {"ReduceSum", [] { return 0.0; }, [](double a, double v) { return a + v; },
+      {"ReduceSum", [] { return 0.0; },
+       [](double a, double v) { return a + v; },
        [](double a, int) { return a; }},
-      {"ReduceMean", [] { return 0.0; }, [](double a, double v) { return a + v; },
+      {"ReduceMean", [] { return 0.0; },
+       [](double a, double v) { return a + v; },
        [](double a, int n) { return a / n; }},
-      {"ReduceMax", [] { return -1e30; }, [](double a, double v) { return std::max(a, v); },
+      {"ReduceMax", [] { return -1e30; },
+       [](double a, double v) { return std::max(a, v); },
        [](double a, int) { return a; }},
-      {"ReduceMin", [] { return 1e30; }, [](double a, double v) { return std::min(a, v); },
+      {"ReduceMin", [] { return 1e30; },
+       [](double a, double v) { return std::min(a, v); },
        [](double a, int) { return a; }},
-      {"ReduceProd", [] { return 1.0; }, [](double a, double v) { return a * v; },
+      {"ReduceProd", [] { return 1.0; },
+       [](double a, double v) { return a * v; },
        [](double a, int) { return a; }},
-      {"ReduceSumSquare", [] { return 0.0; }, [](double a, double v) { return a + v * v; },
+      {"ReduceSumSquare", [] { return 0.0; },
+       [](double a, double v) { return a + v * v; },
        [](double a, int) { return a; }},
-      {"ReduceL2", [] { return 0.0; }, [](double a, double v) { return a + v * v; },
+      {"ReduceL2", [] { return 0.0; },
+       [](double a, double v) { return a + v * v; },
        [](double a, int) { return std::sqrt(a); }},
       {"ReduceLogSumExp", [] { return 0.0; },
        [](double a, double v) { return a + std::exp(v); },
@@ -610,15 +662,92 @@ TEST(ReduceTest, NonAdjacentAxesAndEveryKind) {
   };
   for (const Case& c : cases) {
     // Axes {0, 2} with keepdims: [2,3,2] -> [1,3,1].
-    auto y = RunOne(c.op, 11, x, {}, DataType::kFloat32,
-                    [](onnx::NodeProto* n) { AttrInts(n, "axes", {0, -1}); });
+    auto y =
+        RunOne(c.op, 11, x, {}, DataType::kFloat32, [](onnx::NodeProto* n) {
+          AttrInts(n, "axes", {0, -1});
+        });
     ASSERT_TRUE(y.ok()) << c.op << ": " << y.status();
     EXPECT_EQ(y->shape(), (Shape{1, 3, 1})) << c.op;
     for (int j = 0; j < 3; ++j) {
       double acc = c.init();
       for (int i = 0; i < 2; ++i)
         for (int k = 0; k < 2; ++k) acc = c.step(acc, at(i, j, k));
-      EXPECT_NEAR(y->data<float>()[j], c.fin(acc, 4), 1e-4) << c.op << " j=" << j;
+      EXPECT_NEAR(y->data<float>()[j], c.fin(acc, 4), 1e-4)
+          << c.op << " j=" << j;
+    }
+  }
+}
+
+// Random shapes and axis subsets (adjacent or not, keepdims or not) against a
+// naive reduction over every input element: exercises the grouped multi-pass
+// plan.
+TEST(ReduceTest, RandomAxesMatchNaiveReduction) {
+  std::mt19937 rng(99);
+  auto uniform = [&](int lo, int hi) {
+    return std::uniform_int_distribution<int>(lo, hi)(rng);
+  };
+  for (int iter = 0; iter < 200; ++iter) {
+    const int rank = uniform(1, 4);
+    Shape in(rank);
+    for (int d = 0; d < rank; ++d) in[d] = uniform(1, 5);
+    std::vector<int64_t> axes;
+    for (int d = 0; d < rank; ++d) {
+      if (uniform(0, 1)) axes.push_back(uniform(0, 1) ? d : d - rank);
+    }
+    if (axes.empty()) axes.push_back(0);
+    const bool keepdims = uniform(0, 1) == 1;
+    Tensor x(DataType::kFloat32, in);
+    for (int64_t i = 0; i < x.num_elements(); ++i) {
+      x.data<float>()[i] = static_cast<float>(uniform(-8, 8)) / 4;
+    }
+    std::vector<bool> reduced(rank, false);
+    for (int64_t a : axes) reduced[a < 0 ? a + rank : a] = true;
+    Shape out_shape, kept_shape;
+    for (int d = 0; d < rank; ++d) {
+      if (!reduced[d]) kept_shape.push_back(in[d]);
+      if (!reduced[d] || keepdims) out_shape.push_back(reduced[d] ? 1 : in[d]);
+    }
+    // Naive: accumulate each input element into its kept-coordinate slot.
+    const int64_t m = NumElements(kept_shape);
+    std::vector<double> sum(m, 0), mx(m, -1e30);
+    std::vector<int64_t> idx(rank, 0);
+    for (int64_t flat = 0; flat < x.num_elements(); ++flat) {
+      int64_t rem = flat;
+      for (int d = rank - 1; d >= 0; --d) {
+        idx[d] = rem % in[d];
+        rem /= in[d];
+      }
+      int64_t o = 0;
+      for (int d = 0; d < rank; ++d) {
+        if (!reduced[d]) o = o * in[d] + idx[d];
+      }
+      const double v = x.data<float>()[flat];
+      sum[o] += v;
+      mx[o] = std::max(mx[o], v);
+    }
+    // RunOne takes a plain function pointer, so the attributes go through
+    // statics.
+    static std::vector<int64_t> axes_attr;
+    static int64_t keepdims_attr;
+    axes_attr = axes;
+    keepdims_attr = keepdims;
+    auto attrs = [](onnx::NodeProto* n) {
+      AttrInts(n, "axes", axes_attr);
+      AttrInt(n, "keepdims", keepdims_attr);
+    };
+    const std::string where = "shape " + ShapeToString(in) + " axes " +
+                              ShapeToString(axes) + " keepdims " +
+                              std::to_string(keepdims);
+    auto ysum = RunOne("ReduceSum", 11, x, {}, DataType::kFloat32, attrs);
+    auto ymax = RunOne("ReduceMax", 11, x, {}, DataType::kFloat32, attrs);
+    ASSERT_TRUE(ysum.ok() && ymax.ok()) << where;
+    ASSERT_EQ(ysum->shape(), out_shape) << where;
+    ASSERT_EQ(ymax->shape(), out_shape) << where;
+    for (int64_t i = 0; i < m; ++i) {
+      // Quarters sum exactly in float, so the order of accumulation does not
+      // matter.
+      EXPECT_EQ(ysum->data<float>()[i], static_cast<float>(sum[i])) << where;
+      EXPECT_EQ(ymax->data<float>()[i], static_cast<float>(mx[i])) << where;
     }
   }
 }
@@ -646,9 +775,11 @@ TEST(ReduceTest, ReduceSumAxesInputAndNoop) {
 }
 
 TEST(ReduceTest, LongContiguousSumIsAccurate) {
-  // 1000 contiguous elements per row (the inner==1 path with partial accumulators).
+  // 1000 contiguous elements per row (the inner==1 path with partial
+  // accumulators).
   Tensor x(DataType::kFloat32, {2, 1000});
-  for (int i = 0; i < 2000; ++i) x.data<float>()[i] = static_cast<float>(i % 7) - 3.f;
+  for (int i = 0; i < 2000; ++i)
+    x.data<float>()[i] = static_cast<float>(i % 7) - 3.f;
   auto y = RunOne("ReduceSum", 13, x, {I64({1})}, DataType::kFloat32);
   ASSERT_TRUE(y.ok()) << y.status();
   for (int r = 0; r < 2; ++r) {
