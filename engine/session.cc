@@ -5,6 +5,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/layout.h"
 #include "engine/log.h"
 #include "engine/onnx_import.h"
 #include "engine/ops/registry.h"
@@ -143,6 +144,47 @@ std::unique_ptr<ExecutionContext> Session::NewContext() const {
   return ctx;
 }
 
+namespace {
+
+// Applies the kernel's LayoutPolicy to its inputs: swaps channels-last inputs in
+// `in_ptrs` for plain copies when the kernel cannot take them. Returns true when an
+// element-wise kernel runs directly on channels-last inputs (its outputs are then
+// channels-last too).
+bool PrepareLayouts(const Kernel& kernel, const std::vector<int>& input_slots,
+                    const std::vector<Tensor>& slots, std::vector<Tensor>* plain_copies,
+                    std::vector<const Tensor*>* in_ptrs) {
+  const LayoutPolicy policy = kernel.layout_policy();
+  if (policy == LayoutPolicy::kAny) return false;
+  bool any_channels_last = false;
+  for (const Tensor* t : *in_ptrs) {
+    any_channels_last |= t != nullptr && t->layout() == Layout::kChannelsLast;
+  }
+  if (!any_channels_last) return false;
+  if (policy == LayoutPolicy::kElementwise) {
+    bool same = true;
+    const Shape* ref = nullptr;
+    for (const Tensor* t : *in_ptrs) {
+      if (t == nullptr || t->num_elements() == 1) continue;  // scalars broadcast alike
+      if (t->layout() != Layout::kChannelsLast || (ref != nullptr && t->shape() != *ref)) {
+        same = false;
+        break;
+      }
+      ref = &t->shape();
+    }
+    if (same) return true;
+  }
+  for (size_t i = 0; i < in_ptrs->size(); ++i) {
+    const Tensor* t = (*in_ptrs)[i];
+    if (t == nullptr || t->layout() != Layout::kChannelsLast) continue;
+    Tensor& copy = (*plain_copies)[input_slots[i]];
+    if (!copy.defined()) copy = ToPlain(*t);
+    (*in_ptrs)[i] = &copy;
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inputs,
                           std::vector<Tensor>* outputs) const {
   const Plan& plan = *plan_;
@@ -175,6 +217,9 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
   for (const auto& [s, t] : plan.constants) slots[s] = t;
 
   int64_t live_bytes = 0;
+  // Plain copies of channels-last values, made once per value for the kernels that
+  // need plain inputs.
+  std::vector<Tensor> plain_copies(plan.num_slots);
   std::vector<const Tensor*> in_ptrs;
   std::vector<Tensor> outs;
   for (size_t n = 0; n < plan.nodes.size(); ++n) {
@@ -183,6 +228,8 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
     for (int s : node.inputs) {
       in_ptrs.push_back(s >= 0 && slots[s].defined() ? &slots[s] : nullptr);
     }
+    const bool channels_last_through = PrepareLayouts(*node.kernel, node.inputs, slots,
+                                                      &plain_copies, &in_ptrs);
     outs.assign(node.outputs.size(), Tensor());
     KernelRunContext kctx;
     kctx.inputs = in_ptrs;
@@ -208,6 +255,12 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
     }
     for (size_t o = 0; o < node.outputs.size(); ++o) {
       if (node.outputs[o] < 0) continue;
+      if (channels_last_through && outs[o].rank() >= 3) {
+        outs[o].set_layout(Layout::kChannelsLast);
+      }
+      if (outs[o].layout() == Layout::kChannelsLast && LayoutIsTrivial(outs[o].shape())) {
+        outs[o].set_layout(Layout::kPlain);  // same bytes either way
+      }
       live_bytes += static_cast<int64_t>(outs[o].byte_size());
       slots[node.outputs[o]] = std::move(outs[o]);
     }
@@ -215,6 +268,7 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
     for (int s : node.release) {
       live_bytes -= static_cast<int64_t>(slots[s].byte_size());
       slots[s] = Tensor();
+      plain_copies[s] = Tensor();
     }
   }
   outputs->clear();
@@ -224,7 +278,7 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
       return absl::InternalError(
           absl::StrCat("output '", plan.outputs[i].name, "' was not produced"));
     }
-    outputs->push_back(t);
+    outputs->push_back(ToPlain(t));
   }
   return absl::OkStatus();
 }

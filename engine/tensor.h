@@ -50,6 +50,12 @@ int32_t DataTypeToOnnx(DataType type);
 
 using Shape = std::vector<int64_t>;
 
+// Memory order of a tensor of rank >= 3 whose dim 1 is channels. kChannelsLast stores
+// [N, spatial..., C] while shape() stays the logical ONNX [N, C, spatial...]. Only
+// kernels that declare it (kernel.h LayoutPolicy) ever see a channels-last tensor; the
+// session converts for the others and at the graph outputs.
+enum class Layout : uint8_t { kPlain, kChannelsLast };
+
 // Product of the dimensions (1 for a scalar). Dimensions must be >= 0.
 int64_t NumElements(absl::Span<const int64_t> shape);
 // "[1,3,224,224]"; -1 printed as "-1".
@@ -86,6 +92,9 @@ class Tensor {
     return static_cast<const T*>(data_);
   }
 
+  Layout layout() const { return layout_; }
+  void set_layout(Layout layout) { layout_ = layout; }
+
   // Same buffer, new shape with the same element count (checked by the caller).
   Tensor Reshaped(Shape shape) const;
   // Deep copy into a new buffer.
@@ -95,6 +104,7 @@ class Tensor {
 
  private:
   DataType dtype_ = DataType::kUndefined;
+  Layout layout_ = Layout::kPlain;
   Shape shape_;
   std::shared_ptr<void> buffer_;
   void* data_ = nullptr;

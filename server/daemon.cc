@@ -195,13 +195,18 @@ bool Daemon::Shutdown() {
   // Schedulers stop accepting; their workers finish what is queued and exit.
   if (d.repository) d.repository->UnloadAll();
   const bool drained = d.workers.WaitForAll(deadline);
+  QS_LOG(INFO) << "queued and running requests finished; stopping the gRPC server";
   if (!drained) QS_LOG(WARNING) << "exit timeout reached with requests still running";
   if (d.server) {
-    // Past the deadline gRPC cancels whatever is still open.
-    d.server->Shutdown(absl::ToChronoTime(std::max(deadline, absl::Now())));
+    // Every accepted inference has finished by now; what is left are idle or
+    // half-open streams, which get a short grace period before gRPC cancels them
+    // (an open ModelStreamInfer would otherwise hold the exit for seconds).
+    const absl::Time grace = std::min(deadline, absl::Now() + absl::Milliseconds(500));
+    d.server->Shutdown(absl::ToChronoTime(std::max(grace, absl::Now())));
     d.server->Wait();
     d.server.reset();  // before the services it references
   }
+  QS_LOG(INFO) << "gRPC server stopped";
   d.inference.reset();
   d.health.reset();
   d.exposer.reset();

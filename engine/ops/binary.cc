@@ -452,6 +452,7 @@ absl::StatusOr<Tensor> ApplyBinary(const Tensor& a_in, const Tensor& b_in,
 template <TypeSet kTypes, typename Op>
 class BinaryKernel : public Kernel {
  public:
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kElementwise; }
   explicit BinaryKernel(Op op, bool int_divisor_check = false)
       : op_(op), int_divisor_check_(int_divisor_check) {}
   absl::Status Run(KernelRunContext& ctx) const override {
@@ -483,6 +484,7 @@ KernelFactory Binary(Op op) {
 
 class NotKernel : public Kernel {
  public:
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kElementwise; }
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* x = ctx.input(0);
     if (x == nullptr) return RunError("missing input");
@@ -503,6 +505,7 @@ class NotKernel : public Kernel {
 // below 2^53).
 class PowKernel : public Kernel {
  public:
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kElementwise; }
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* a = ctx.input(0);
     const Tensor* b = ctx.input(1);
@@ -528,6 +531,7 @@ class PowKernel : public Kernel {
 template <typename Op>
 class VariadicKernel : public Kernel {
  public:
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kElementwise; }
   VariadicKernel(Op op, bool mean) : op_(op), mean_(mean) {}
   absl::Status Run(KernelRunContext& ctx) const override {
     if (ctx.num_inputs() == 0 || ctx.input(0) == nullptr)
@@ -569,6 +573,7 @@ class VariadicKernel : public Kernel {
 // it works for every element type of the same size.
 class WhereKernel : public Kernel {
  public:
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kElementwise; }
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* c = ctx.input(0);
     const Tensor* x = ctx.input(1);
@@ -630,6 +635,7 @@ class WhereKernel : public Kernel {
 // absent bound is the type's limit.
 class ClipKernel : public Kernel {
  public:
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kElementwise; }
   ClipKernel(bool from_attrs, float min, float max)
       : from_attrs_(from_attrs), min_(min), max_(max) {}
 

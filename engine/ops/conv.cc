@@ -20,6 +20,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "engine/layout.h"
 #include "engine/ops/dnnl_util.h"
 #include "engine/ops/registry.h"
 #include "engine/status_macros.h"
@@ -55,8 +56,8 @@ struct ConvState : KernelState {
   ShapeCache<Shape, ConvPlan> plans;
 };
 
-// Layout hook: the memory descriptor used for activations of `shape`.
-dnnl::memory::desc ActivationDesc(const Shape& shape) { return PlainDesc(shape); }
+// Layout hook: the memory descriptor used for activations of `shape` (channels-last).
+dnnl::memory::desc ActivationDesc(const Shape& shape) { return ChannelsLastDesc(shape); }
 
 // Weight dims as oneDNN expects them ([G,] O, I, k...) and the order in which the
 // ONNX buffer stores those dims. Conv weights are ONNX [O, I/G, k...]; ConvTranspose
@@ -110,11 +111,21 @@ class ConvKernel : public Kernel {
     return std::make_unique<ConvState>();
   }
 
+  // Activations run channels-last (oneDNN's brgconv kernels read and write NHWC; a
+  // plain NCHW src sends it to the 2-4x slower gemm:jit path): a plain input is
+  // converted here, and the output stays channels-last for the next layer.
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kAny; }
+
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* x = ctx.input(0);
     const Tensor* w = packed_ ? &packed_->tensor() : ctx.input(1);
     const Tensor* b = ctx.input(2);
     if (x == nullptr || w == nullptr) return RunError("missing X or W input");
+    Tensor x_cl;
+    if (x->layout() != Layout::kChannelsLast && x->rank() >= 3 && x->rank() <= 5) {
+      x_cl = ToChannelsLast(*x);
+      x = &x_cl;
+    }
     for (const Tensor* t : {x, w, b}) {
       if (t != nullptr && t->dtype() != DataType::kFloat32) {
         return RunError("only FP32 is supported, got ", DataTypeName(t->dtype()));
@@ -139,6 +150,7 @@ class ConvKernel : public Kernel {
                       "]");
     }
     Tensor y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
+    y.set_layout(Layout::kChannelsLast);
     if (!plan->empty) {
       plan->src.set_data_handle(const_cast<void*>(x->raw_data()));
       plan->dst.set_data_handle(y.raw_data());

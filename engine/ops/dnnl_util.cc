@@ -239,4 +239,18 @@ absl::Status WindowGeometry::Resolve(absl::Span<const int64_t> in,
   return absl::OkStatus();
 }
 
+dnnl::memory::desc ChannelsLastDesc(absl::Span<const int64_t> shape,
+                                    dnnl::memory::data_type dt) {
+  using tag = dnnl::memory::format_tag;
+  const tag t = shape.size() == 3 ? tag::nwc : shape.size() == 4 ? tag::nhwc : tag::ndhwc;
+  return dnnl::memory::desc(ToDnnlDims(shape), dt, t);
+}
+
+dnnl::memory::desc ActivationDescOf(const Tensor& t, dnnl::memory::data_type dt) {
+  if (t.layout() == Layout::kChannelsLast && t.rank() >= 3 && t.rank() <= 5) {
+    return ChannelsLastDesc(t.shape(), dt);
+  }
+  return PlainDesc(t.shape(), dt);
+}
+
 }  // namespace qs

@@ -73,6 +73,12 @@ dnnl::memory::format_tag PlainFormatTag(int rank);
 dnnl::memory::desc PlainDesc(absl::Span<const int64_t> shape,
                              dnnl::memory::data_type dt = dnnl::memory::data_type::f32);
 
+// Descriptor of a tensor in its own layout: plain, or channels-last (nwc/nhwc/ndhwc).
+dnnl::memory::desc ActivationDescOf(const Tensor& t,
+                                    dnnl::memory::data_type dt = dnnl::memory::data_type::f32);
+dnnl::memory::desc ChannelsLastDesc(absl::Span<const int64_t> shape,
+                                    dnnl::memory::data_type dt = dnnl::memory::data_type::f32);
+
 // A descriptor for `dims` whose elements are laid out in the row-major order of the
 // permuted dims: `order[i]` is the logical dim stored at position i (outermost first).
 // E.g. dims {O, I} with order {1, 0} describes an [I, O] row-major buffer.

@@ -12,6 +12,7 @@ class UnaryKernel : public Kernel {
  public:
   using Fn = std::function<void(const float*, float*, int64_t)>;
   explicit UnaryKernel(Fn fn) : fn_(std::move(fn)) {}
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kElementwise; }
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* x = ctx.input(0);
     if (x == nullptr) return RunError("missing input");
@@ -53,6 +54,7 @@ template <typename F>
 class NumericUnaryKernel : public Kernel {
  public:
   explicit NumericUnaryKernel(F f) : f_(f) {}
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kElementwise; }
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor& x = *ctx.input(0);
     Tensor y = Tensor::Uninitialized(x.dtype(), x.shape());

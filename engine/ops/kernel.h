@@ -53,9 +53,22 @@ struct KernelRunContext {
   size_t num_inputs() const { return inputs.size(); }
 };
 
+// Which memory orders a kernel's inputs may have (see Layout in tensor.h).
+enum class LayoutPolicy {
+  // Inputs are always plain; the session converts channels-last inputs first.
+  kPlainOnly,
+  // Element-wise: when every input of rank >= 3 has the same shape and layout (scalars
+  // aside), they are passed as they are and the outputs take that layout; otherwise
+  // the session converts them to plain.
+  kElementwise,
+  // The kernel handles either order and tags its outputs itself.
+  kAny,
+};
+
 class Kernel {
  public:
   virtual ~Kernel() = default;
+  virtual LayoutPolicy layout_policy() const { return LayoutPolicy::kPlainOnly; }
   virtual std::unique_ptr<KernelState> NewState() const { return nullptr; }
   virtual absl::Status Run(KernelRunContext& ctx) const = 0;
 };

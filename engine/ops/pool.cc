@@ -9,6 +9,7 @@
 #include <limits>
 #include <memory>
 
+#include "engine/layout.h"
 #include "engine/ops/dnnl_util.h"
 #include "engine/ops/registry.h"
 #include "engine/status_macros.h"
@@ -144,6 +145,12 @@ class PoolKernel : public Kernel {
  public:
   explicit PoolKernel(PoolParams p) : p_(std::move(p)) {}
 
+  // oneDNN pooling reads either layout; the loop fallback (indices, other types) needs
+  // plain input and converts in Run.
+  LayoutPolicy layout_policy() const override {
+    return p_.want_indices ? LayoutPolicy::kPlainOnly : LayoutPolicy::kAny;
+  }
+
   std::unique_ptr<KernelState> NewState() const override {
     return std::make_unique<PoolState>();
   }
@@ -151,9 +158,15 @@ class PoolKernel : public Kernel {
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* x = ctx.input(0);
     if (x == nullptr) return RunError("missing input");
+    Tensor plain_x;
+    if (x->layout() == Layout::kChannelsLast && x->dtype() != DataType::kFloat32) {
+      plain_x = ToPlain(*x);
+      x = &plain_x;
+    }
     auto* state = static_cast<PoolState*>(ctx.state);
     Shape key = x->shape();
     key.push_back(static_cast<int64_t>(x->dtype()));
+    key.push_back(static_cast<int64_t>(x->layout()));
     PoolPlan* plan = state->plans.Find(key);
     if (plan == nullptr) {
       QS_ASSIGN_OR_RETURN(auto built, BuildPlan(*x, ctx.dnnl));
@@ -171,8 +184,10 @@ class PoolKernel : public Kernel {
       plan->prim.execute(ctx.dnnl->stream,
                          {{DNNL_ARG_SRC, plan->src}, {DNNL_ARG_DST, plan->dst}});
       ctx.dnnl->stream.wait();
+      y.set_layout(x->layout());
     } else {
-      QS_RETURN_IF_ERROR(RunLoop(*x, plan->g, &y, p_.want_indices ? &indices : nullptr));
+      Tensor px = ToPlain(*x);
+      QS_RETURN_IF_ERROR(RunLoop(px, plan->g, &y, p_.want_indices ? &indices : nullptr));
     }
     (*ctx.outputs)[0] = std::move(y);
     if (p_.want_indices) (*ctx.outputs)[1] = std::move(indices);
@@ -219,8 +234,10 @@ class PoolKernel : public Kernel {
     if (!plan->use_dnnl) return plan;
 
     const dnnl::engine& eng = dnnl->engine;
-    const dnnl::memory::desc src_md = PlainDesc(x.shape());
-    const dnnl::memory::desc dst_md = PlainDesc(plan->out_shape);
+    const dnnl::memory::desc src_md = ActivationDescOf(x);
+    const dnnl::memory::desc dst_md = x.layout() == Layout::kChannelsLast
+                                          ? ChannelsLastDesc(plan->out_shape)
+                                          : PlainDesc(plan->out_shape);
     const dnnl::algorithm alg = p_.kind == PoolKind::kMax ? dnnl::algorithm::pooling_max
                                 : avg_include
                                     ? dnnl::algorithm::pooling_avg_include_padding
@@ -309,6 +326,7 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakePool(const KernelInit& init, PoolKin
 class GlobalPoolKernel : public Kernel {
  public:
   explicit GlobalPoolKernel(PoolKind kind) : kind_(kind) {}
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kAny; }
 
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* x = ctx.input(0);
@@ -324,6 +342,29 @@ class GlobalPoolKernel : public Kernel {
     Tensor y = Tensor::Uninitialized(DataType::kFloat32, out_shape);
     const float* in = x->data<float>();
     float* out = y.data<float>();
+    if (x->layout() == Layout::kChannelsLast) {
+      // [N, S, C]: reduce over S with C contiguous (vectorizes over channels). The
+      // [N, C, 1...] result is the same bytes in either layout.
+      const int64_t n = x->dim(0), c = x->dim(1);
+#pragma omp parallel for if (x->num_elements() > 65536)
+      for (int64_t b = 0; b < n; ++b) {
+        float* o = out + b * c;
+        const float* v = in + b * size * c;
+        if (kind_ == PoolKind::kMax) {
+          for (int64_t k = 0; k < c; ++k) o[k] = size > 0 ? v[k] : 0.f;
+          for (int64_t s = 1; s < size; ++s)
+            for (int64_t k = 0; k < c; ++k) o[k] = std::max(o[k], v[s * c + k]);
+        } else {
+          for (int64_t k = 0; k < c; ++k) o[k] = 0.f;
+          for (int64_t s = 0; s < size; ++s)
+            for (int64_t k = 0; k < c; ++k) o[k] += v[s * c + k];
+          const float inv = size > 0 ? 1.f / static_cast<float>(size) : 0.f;
+          for (int64_t k = 0; k < c; ++k) o[k] *= inv;
+        }
+      }
+      (*ctx.outputs)[0] = std::move(y);
+      return absl::OkStatus();
+    }
 #pragma omp parallel for if (x->num_elements() > 65536)
     for (int64_t p = 0; p < planes; ++p) {
       const float* v = in + p * size;

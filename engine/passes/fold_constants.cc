@@ -1,4 +1,5 @@
 #include "absl/container/flat_hash_set.h"
+#include "engine/layout.h"
 #include "engine/ops/registry.h"
 #include "engine/passes/passes.h"
 #include "engine/status_macros.h"
@@ -54,7 +55,8 @@ absl::Status FoldConstants(Graph* graph) {
       return NodeError(node, "constant folding failed: ", st.message());
     }
     for (size_t i = 0; i < node.outputs.size(); ++i) {
-      if (!node.outputs[i].empty()) graph->initializers[node.outputs[i]] = outs[i];
+      // Constants are stored plain: later passes read their bytes directly.
+      if (!node.outputs[i].empty()) graph->initializers[node.outputs[i]] = ToPlain(outs[i]);
     }
   }
   graph->nodes = std::move(kept);

@@ -262,9 +262,13 @@ class StreamInferReactor final
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      absl::MutexLock lock(&mu_);
-      reads_done_ = true;
-      MaybeFinishLocked();
+      bool finish;
+      {
+        absl::MutexLock lock(&mu_);
+        reads_done_ = true;
+        finish = ShouldFinishLocked();
+      }
+      if (finish) Finish(grpc::Status::OK);  // may delete this: nothing after it
       return;
     }
     auto response = std::make_unique<inference::ModelStreamInferResponse>();
@@ -288,11 +292,15 @@ class StreamInferReactor final
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok) write_failed_ = true;
-    WriteNextLocked();
-    MaybeFinishLocked();
+    bool finish;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) write_failed_ = true;
+      WriteNextLocked();
+      finish = ShouldFinishLocked();
+    }
+    if (finish) Finish(grpc::Status::OK);
   }
 
   void OnDone() override { delete this; }
@@ -306,11 +314,16 @@ class StreamInferReactor final
       response->set_error_message(std::string(st.message()));
       response->mutable_infer_response()->set_id(id);
     }
-    absl::MutexLock lock(&mu_);
-    pending_.push_back(std::move(response));
-    --outstanding_;
-    WriteNextLocked();
-    MaybeFinishLocked();
+    bool finish;
+    {
+      absl::MutexLock lock(&mu_);
+      pending_.push_back(std::move(response));
+      --outstanding_;
+      WriteNextLocked();
+      finish = ShouldFinishLocked();
+    }
+    // Finish can run OnDone (delete this) at once, so it comes after the lock is gone.
+    if (finish) Finish(grpc::Status::OK);
   }
 
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -325,10 +338,12 @@ class StreamInferReactor final
     StartWrite(current_.get());
   }
 
-  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || !reads_done_ || outstanding_ > 0 || writing_ || !pending_.empty()) return;
+  // True exactly once: when the client half-closed and every response is written.
+  bool ShouldFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || !reads_done_ || outstanding_ > 0 || writing_ || !pending_.empty())
+      return false;
     finished_ = true;
-    Finish(grpc::Status::OK);
+    return true;
   }
 
   InferenceService* service_;
@@ -407,6 +422,9 @@ grpc::ServerUnaryReactor* InferenceService::RepositoryModelLoad(
   if (!options_.explicit_model_control) {
     return Finish(ctx, absl::FailedPreconditionError(
                            "explicit model load/unload needs --model-control-mode=explicit"));
+  }
+  if (state_->draining()) {
+    return Finish(ctx, absl::UnavailableError("server is shutting down; no model loads"));
   }
   std::optional<inference::ModelConfig> override_config;
   auto it = req->parameters().find("config");

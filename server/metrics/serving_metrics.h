@@ -2,9 +2,9 @@
 // plus the server-wide gauges computed at scrape time. See docs/metrics.md for every
 // series and example queries.
 //
-//   auto metrics = ServingMetrics::Create(options);           // once, at start-up
-//   exposer.RegisterCollectable(*metrics);                    // one Collectable: all of it
-//   so.observer = (*metrics)->ForModel(*model);               // per loaded model version
+//   std::shared_ptr<ServingMetrics> metrics = *ServingMetrics::Create(options);  // once
+//   exposer.RegisterCollectable(metrics);          // one Collectable: everything below
+//   so.observer = metrics->ForModel(*model);       // per loaded model version
 //
 // Per model-version series carry the labels {model, version} (memory gauges also
 // {precision}). They exist exactly as long as some observer returned by ForModel() for
@@ -14,9 +14,9 @@
 // same version overlaps the old scheduler with the new one) share one set of series.
 //
 // Extension point: the accuracy-drift monitor (later) is a sibling of this class in
-// server/metrics/. It registers its own `quantserve_drift_*` families in registry() and
-// receives batches through InferenceObserver::OnOutputs, which this module leaves as a
-// non-blocking no-op.
+// server/metrics/. It registers its own `quantserve_drift_*` families in registry() (so
+// they are exposed with everything else), and the observer's OnOutputs, a non-blocking
+// no-op today, becomes the place that hands sampled batches to it.
 //
 // Thread-safety: every method is thread-safe. Observers are cheap (a few atomic adds and
 // one short prometheus-cpp histogram lock per histogram) and never block on I/O.
@@ -70,7 +70,9 @@ struct ModelMetricsInfo {
   std::string version;
   std::string precision = "FP32";  // inference::Precision name
   int64_t weight_bytes = 0;        // constant bytes held by the plan as loaded
-  int64_t fp32_weight_bytes = 0;   // what the same weights take in FP32
+  // What the same weights take in FP32; equal to weight_bytes until the engine stores
+  // quantized weights (the hook is Fp32WeightBytes() in serving_metrics.cc).
+  int64_t fp32_weight_bytes = 0;
   absl::Duration load_duration;
   int64_t max_queue_size = 0;      // the batcher's bound; 0 = unbounded
 };
@@ -167,8 +169,9 @@ class ServingMetrics : public prometheus::Collectable,
   std::map<MemoryKey, MemorySeries> memory_ ABSL_GUARDED_BY(mu_);
 };
 
-// Label value of each outcome of quantserve_requests_total, indexed like
-// OutcomeIndex(): "success", then the FailureReasons in enum order.
+// The `outcome` label values of quantserve_requests_total: 0 "success", then one per
+// FailureReason in enum order ("rejected", "cancelled", "timeout", "invalid",
+// "internal").
 absl::string_view OutcomeName(int index);
 
 }  // namespace qs

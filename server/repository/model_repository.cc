@@ -23,6 +23,15 @@ const char* ModelStateName(ModelState state) {
   return "UNKNOWN";
 }
 
+namespace {
+
+absl::Status ClosedError(const std::string& name) {
+  return absl::UnavailableError(
+      absl::StrCat("server is shutting down; model '", name, "' was not loaded"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Create(Options options) {
   std::error_code ec;
   if (options.root.empty()) {
@@ -142,6 +151,7 @@ absl::Status ModelRepository::LoadModel(
   ModelReadyHook hook;
   {
     absl::MutexLock lock(&mu_);
+    if (closed_) return ClosedError(name);
     ModelEntry& entry = models_[name];
     entry.error.clear();
     entry.fingerprint = fingerprint;
@@ -170,6 +180,11 @@ absl::Status ModelRepository::LoadModel(
       if (st.ok()) scheduler = *std::move(started);
     }
     absl::MutexLock lock(&mu_);
+    if (closed_) {  // shut down while this version loaded: never serve it
+      if (scheduler) scheduler->Retire();
+      if (first_error.ok()) first_error = ClosedError(name);
+      break;
+    }
     VersionSlot& slot = models_[name].versions[v];
     if (st.ok()) {
       Retire(slot);  // the previous load of this version, if any
@@ -190,6 +205,7 @@ absl::Status ModelRepository::LoadModel(
   // Retire versions the policy no longer selects (their handles live on in requests).
   {
     absl::MutexLock lock(&mu_);
+    if (closed_) return first_error;
     auto& versions = models_[name].versions;
     for (auto it = versions.begin(); it != versions.end();) {
       if (std::find(selected.begin(), selected.end(), it->first) == selected.end()) {
@@ -218,6 +234,7 @@ absl::Status ModelRepository::UnloadModel(const std::string& name) {
 
 void ModelRepository::UnloadAll() {
   absl::MutexLock lock(&mu_);
+  closed_ = true;
   for (auto& [name, entry] : models_)
     for (auto& [v, slot] : entry.versions) Retire(slot);
   models_.clear();

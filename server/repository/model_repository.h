@@ -72,6 +72,9 @@ class ModelRepository {
   int LoadAll();
   // Poll mode: loads new models, reloads changed ones, unloads removed ones.
   void Poll();
+  // Shutdown: retires every version and closes the repository. Later loads fail with
+  // Unavailable, and a load still compiling when this is called retires what it started
+  // instead of serving it (so its workers drain and exit like every other).
   void UnloadAll();
 
   // Resolves a request: `version` "" picks the highest READY version.
@@ -106,6 +109,7 @@ class ModelRepository {
   const Options options_;
   mutable absl::Mutex mu_;
   std::map<std::string, ModelEntry> models_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;  // set by UnloadAll
   ModelReadyHook ready_hook_ ABSL_GUARDED_BY(mu_);
   absl::Mutex load_mu_;  // serializes loads of the repository (one compile at a time)
 };

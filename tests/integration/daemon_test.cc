@@ -288,6 +288,7 @@ TEST_F(DaemonTest, ModelStatisticsCountsInferences) {
 // Last: stops the daemon and checks the clean exit.
 TEST_F(DaemonTest, ZzSigtermExitsCleanly) {
   EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->log();
+  if (getenv("QS_PRINT_LOG")) fprintf(stderr, "%s", daemon_->log().c_str());
   EXPECT_NE(daemon_->log().find("stopped"), std::string::npos);
 }
 

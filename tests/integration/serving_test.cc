@@ -33,6 +33,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpc_service.grpc.pb.h"
@@ -847,7 +848,7 @@ TEST_F(ServingTest, SigtermDrainsQueuedRequests) {
 
   // References (before SIGTERM): 20 held-out digits rows, sent as one full batch of 32
   // (runs at once), and the slow model's answer.
-  constexpr int kDigits = 20, kSlow = 10;
+  constexpr int kDigits = 20, kSlow = 40;
   std::vector<float> rows(32 * 64);
   for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<float>((i * 7) % 17) / 16.0f;
   std::vector<float> digits_ref;
@@ -982,6 +983,66 @@ TEST_F(ServingTest, SigtermDrainsQueuedRequests) {
 }
 
 // ---------------------------------------------------------------------------------
+// 3b. SIGTERM while an explicit RepositoryModelLoad is still loading (warming up): the
+// half-loaded model is never served and does not hold up the drain; exit code 0.
+TEST_F(ServingTest, SigtermDuringExplicitLoadExitsCleanly) {
+  TempRepo repo;
+  repo.Copy("tiny");
+  repo.Write("slow/1/model.onnx", SlowModelBytes());
+  // 1000 warmup runs (about a second): the load stays LOADING long enough to signal the
+  // daemon in the middle of it.
+  repo.Write("slow/config.pbtxt",
+             "name: \"slow\"\nmax_batch_size: 1\n"
+             "instance_group [{ kind: KIND_CPU count: 1 }]\n"
+             "model_warmup [{ name: \"zeros\" batch_size: 1 count: 1000 inputs {\n"
+             "  key: \"x\" value { data_type: TYPE_FP32 dims: [ 256 ] zero_data: true } } }]\n");
+  ASSERT_TRUE(StartDaemon({"--model-repository=" + repo.root(), "--model-control-mode=explicit",
+                           "--load-model=tiny", "--exit-timeout-secs=10"}))
+      << daemon_->log();
+
+  auto stub = Stub();
+  grpc::ClientContext load_ctx;
+  load_ctx.set_deadline(In(absl::Seconds(30)));
+  inference::RepositoryModelLoadRequest load_req;
+  load_req.set_model_name("slow");
+  inference::RepositoryModelLoadResponse load_resp;
+  absl::Notification load_done;
+  grpc::Status load_status;
+  stub->async()->RepositoryModelLoad(&load_ctx, &load_req, &load_resp,
+                                     [&](grpc::Status s) {
+                                       load_status = std::move(s);
+                                       load_done.Notify();
+                                     });
+  // Wait (on the server's own index) until the load is under way.
+  const bool loading = PollUntil([&] {
+    auto index = Index();
+    auto it = index.find("slow/1");
+    return it != index.end() && it->second.state() == "LOADING";
+  }, absl::Seconds(10), absl::Milliseconds(5));
+  if (!loading) {
+    load_ctx.TryCancel();
+    load_done.WaitForNotification();
+  }
+  ASSERT_TRUE(loading) << daemon_->log();
+
+  const absl::Time sigterm = absl::Now();
+  const int exit_code = daemon_->Stop(SIGTERM);
+  const absl::Duration took = absl::Now() - sigterm;
+  ASSERT_TRUE(load_done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  const std::string log = daemon_->log();
+  EXPECT_EQ(exit_code, 0) << log;
+  EXPECT_EQ(log.find("exit timeout reached"), std::string::npos) << log;
+  // The load was answered, and not with success: the model never served.
+  EXPECT_EQ(load_status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << load_status.error_code() << " " << load_status.error_message();
+  EXPECT_NE(load_status.error_message().find("shutting down"), std::string::npos)
+      << load_status.error_message();
+  std::printf("[ figure ] SIGTERM during a model load: exit code %d after %s ms (exit timeout "
+              "10 s); the load answered: \"%s\"\n",
+              exit_code, FormatMs(took).c_str(), load_status.error_message().c_str());
+}
+
+// ---------------------------------------------------------------------------------
 // 4. Overload: a full queue refuses at once with UNAVAILABLE "maximum queue size"; every
 // accepted request succeeds; memory stays bounded.
 TEST_F(ServingTest, OverloadIsRefusedQuicklyAndMemoryStaysBounded) {
@@ -1027,8 +1088,9 @@ TEST_F(ServingTest, OverloadIsRefusedQuicklyAndMemoryStaysBounded) {
       absl::SleepFor(absl::Milliseconds(2));
     }
   });
+  constexpr int kProbes = 10;  // sequential requests sent while each flood is queued
   int accepted = 0, rejected = 0, other = 0, wrong = 0;
-  std::vector<double> reject_ms, accept_ms;
+  std::vector<double> reject_ms, accept_ms, probe_reject_ms;
   std::string other_message;
   for (int round = 0; round < kRounds; ++round) {
     std::vector<std::unique_ptr<Call>> calls;
@@ -1045,6 +1107,25 @@ TEST_F(ServingTest, OverloadIsRefusedQuicklyAndMemoryStaysBounded) {
         c->status = std::move(s);
         --remaining;
       });
+    }
+    // One request at a time behind the flood: the refusal latency without a burst of
+    // our own calls in front of it.
+    for (int i = 0; i < kProbes; ++i) {
+      const absl::Time sent = absl::Now();
+      inference::ModelInferResponse resp;
+      grpc::Status st = Infer(req, &resp);
+      const double ms = absl::ToDoubleMilliseconds(absl::Now() - sent);
+      if (st.ok()) {
+        ++accepted;
+        if (OutputFloats(resp) != ref) ++wrong;
+      } else if (st.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                 st.error_message().find("maximum queue size") != std::string::npos) {
+        ++rejected;
+        probe_reject_ms.push_back(ms);
+      } else {
+        ++other;
+        other_message = absl::StrCat(st.error_code(), ": ", st.error_message());
+      }
     }
     {
       absl::MutexLock lock(&mu);
@@ -1074,20 +1155,22 @@ TEST_F(ServingTest, OverloadIsRefusedQuicklyAndMemoryStaysBounded) {
   EXPECT_GT(accepted, 0);
   EXPECT_EQ(other, 0) << other_message;
   EXPECT_EQ(wrong, 0);
-  EXPECT_EQ(accepted + rejected + other, kRounds * kFlood);
+  EXPECT_EQ(accepted + rejected + other, kRounds * (kFlood + kProbes));
   const Stats stats = GetStats("slow");
   EXPECT_EQ(stats.inference, static_cast<uint64_t>(accepted + 1));  // + the reference
   EXPECT_EQ(stats.fail, 0u);
   EXPECT_LT(rss_peak.load(), 2 * rss_before + 200 * 1024);
   EXPECT_LT(rss_after, 2 * rss_before + 200 * 1024);
-  std::printf("[ figure ] overload: %d x %d concurrent requests, max_queue_size 4: %d accepted "
-              "(all correct), %d refused with 'maximum queue size'; refusal latency "
-              "(client send -> status) p50 %.2f ms, p90 %.2f ms, max %.2f ms; accepted "
-              "latency p50 %.2f ms, max %.2f ms; slow model %.2f ms compute per request; daemon "
-              "VmRSS before %lld kB, peak %lld kB, after %lld kB\n",
-              kRounds, kFlood, accepted, rejected, Percentile(reject_ms, 0.5),
-              Percentile(reject_ms, 0.9), Percentile(reject_ms, 1.0), Percentile(accept_ms, 0.5),
-              Percentile(accept_ms, 1.0),
+  std::printf("[ figure ] overload: %d x (%d concurrent + %d sequential) requests, "
+              "max_queue_size 4: %d accepted (all correct), %d refused with 'maximum queue "
+              "size'; refusal latency (client send -> status) within the burst p50 %.2f ms, "
+              "p90 %.2f ms, max %.2f ms; one at a time behind the burst (%zu refused) p50 %.2f "
+              "ms, max %.2f ms; accepted latency p50 %.2f ms, max %.2f ms; slow model %.2f ms "
+              "compute per request; daemon VmRSS before %lld kB, peak %lld kB, after %lld kB\n",
+              kRounds, kFlood, kProbes, accepted, rejected, Percentile(reject_ms, 0.5),
+              Percentile(reject_ms, 0.9), Percentile(reject_ms, 1.0), probe_reject_ms.size(),
+              Percentile(probe_reject_ms, 0.5), Percentile(probe_reject_ms, 1.0),
+              Percentile(accept_ms, 0.5), Percentile(accept_ms, 1.0),
               stats.MsPerRequest(), static_cast<long long>(rss_before),
               static_cast<long long>(rss_peak.load()), static_cast<long long>(rss_after));
 }
