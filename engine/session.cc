@@ -5,9 +5,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/calibrate.h"
 #include "engine/layout.h"
 #include "engine/log.h"
 #include "engine/onnx_import.h"
+#include "engine/ops/reduced_precision.h"
 #include "engine/ops/registry.h"
 #include "engine/passes/passes.h"
 #include "engine/status_macros.h"
@@ -34,6 +36,7 @@ struct Session::Plan {
   std::vector<PlannedNode> nodes;
   int max_batch_size = 0;
   PlanStats stats;
+  std::vector<NodePrecision> report;
 };
 
 struct ExecutionContext::Impl {
@@ -52,25 +55,81 @@ const std::vector<ValueInfo>& Session::inputs() const { return plan_->inputs; }
 const std::vector<ValueInfo>& Session::outputs() const { return plan_->outputs; }
 PlanStats Session::stats() const { return plan_->stats; }
 
+const char* PrecisionName(Precision p) {
+  switch (p) {
+    case Precision::kFP32: return "FP32";
+    case Precision::kDynamicRange: return "DYNAMIC_RANGE";
+    case Precision::kInt8: return "INT8";
+    case Precision::kFP16: return "FP16";
+    case Precision::kBF16: return "BF16";
+  }
+  return "FP32";
+}
+
+const std::vector<NodePrecision>& Session::precision_report() const {
+  return plan_->report;
+}
+
 absl::StatusOr<std::unique_ptr<Session>> Session::Compile(
     const onnx::ModelProto& model, const CompileOptions& options) {
   try {
     QS_ASSIGN_OR_RETURN(Graph graph, ImportGraph(model));
     const int64_t graph_nodes = static_cast<int64_t>(graph.nodes.size());
+    int64_t fp32_weight_bytes = 0;
+    for (const auto& [name, t] : graph.initializers) {
+      fp32_weight_bytes += static_cast<int64_t>(
+          t.num_elements() * (t.dtype() == DataType::kFloat16 ? 4 : DataTypeSize(t.dtype())));
+    }
     QS_RETURN_IF_ERROR(RemoveIdentityNodes(&graph));
     QS_RETURN_IF_ERROR(FoldConstants(&graph));
     QS_RETURN_IF_ERROR(FoldBatchNormIntoConv(&graph));
     QS_RETURN_IF_ERROR(FuseConvActivation(&graph));
     QS_RETURN_IF_ERROR(EliminateDeadNodes(&graph));
-    QS_ASSIGN_OR_RETURN(auto plan,
-                        BuildPlan(std::move(graph), options.max_batch_size));
+    std::unique_ptr<Plan> plan;
+    if (options.precision == Precision::kFP32) {
+      QS_ASSIGN_OR_RETURN(plan, BuildPlan(std::move(graph), options.max_batch_size));
+    } else {
+      QS_ASSIGN_OR_RETURN(plan, BuildReducedPlan(std::move(graph), options));
+    }
     plan->stats.num_graph_nodes = graph_nodes;
+    plan->stats.fp32_weight_bytes = fp32_weight_bytes;
+    if (plan->stats.stored_weight_bytes == 0) {
+      plan->stats.stored_weight_bytes = plan->stats.weight_bytes;
+    }
     return std::unique_ptr<Session>(new Session(std::move(plan)));
   } catch (const dnnl::error& e) {
     return absl::InternalError(absl::StrCat("oneDNN error while compiling: ", e.what()));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError("out of memory while compiling the model");
   }
+}
+
+absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildReducedPlan(
+    Graph graph, const CompileOptions& options) {
+  if (options.precision == Precision::kFP16) {
+    const int64_t stored = RoundWeightsToHalf(&graph);
+    QS_ASSIGN_OR_RETURN(auto plan, BuildPlan(std::move(graph), options.max_batch_size));
+    plan->stats.stored_weight_bytes = plan->stats.weight_bytes - stored;
+    return plan;
+  }
+  if (options.precision == Precision::kInt8 && options.calibration.empty()) {
+    return absl::FailedPreconditionError(
+        "INT8 needs calibration data (quantization.calibration.data_dir in the model's "
+        "config, or --calibration for quantserve-bench); refusing to calibrate on "
+        "random inputs");
+  }
+  // The FP32 plan of the same graph: the reference for calibration and the report.
+  QS_ASSIGN_OR_RETURN(auto fp32_plan, BuildPlan(graph, options.max_batch_size));
+  Session fp32(std::move(fp32_plan));
+  std::vector<std::vector<Tensor>> data = options.calibration;
+  if (data.empty()) data.push_back(RandomInputs(fp32.inputs()));
+  QS_ASSIGN_OR_RETURN(std::vector<NodeRange> ranges,
+                      CalibrateRanges(fp32, data, options, graph));
+  QS_RETURN_IF_ERROR(AssignPrecision(options, ranges, &graph));
+  QS_ASSIGN_OR_RETURN(auto plan, BuildPlan(graph, options.max_batch_size));
+  Session reduced(std::move(plan));
+  QS_ASSIGN_OR_RETURN(reduced.plan_->report, PrecisionReport(fp32, reduced, graph, data[0]));
+  return std::move(reduced.plan_);
 }
 
 absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildPlan(
@@ -87,10 +146,7 @@ absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildPlan(
     return it->second;
   };
   for (const auto& in : graph.inputs) plan->input_slots.push_back(slot(in.name));
-  for (auto& [name, t] : graph.initializers) {
-    plan->stats.weight_bytes += static_cast<int64_t>(t.byte_size());
-    plan->constants.emplace_back(slot(name), t);
-  }
+  for (auto& [name, t] : graph.initializers) plan->constants.emplace_back(slot(name), t);
   const KernelRegistry& registry = DefaultKernelRegistry();
   for (const Node& node : graph.nodes) {
     KernelInit init;
@@ -113,6 +169,29 @@ absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildPlan(
     plan->nodes.push_back(std::move(pn));
   }
   for (const auto& out : graph.outputs) plan->output_slots.push_back(slot(out.name));
+
+  // Constants that only reduced-precision kernels use as weights or bias were consumed
+  // at kernel creation (quantized and packed): the plan does not keep the FP32 copy.
+  {
+    std::vector<bool> needed(plan->num_slots, false);
+    for (size_t i = 0; i < graph.nodes.size(); ++i) {
+      const bool reduced = graph.nodes[i].attrs.Has(kPrecisionAttr);
+      const auto& ins = plan->nodes[i].inputs;
+      for (size_t k = 0; k < ins.size(); ++k) {
+        if (ins[k] >= 0 && (!reduced || k == 0)) needed[ins[k]] = true;
+      }
+    }
+    for (int s : plan->output_slots) needed[s] = true;
+    std::vector<std::pair<int, Tensor>> kept;
+    for (auto& c : plan->constants) {
+      if (needed[c.first]) {
+        plan->stats.weight_bytes += static_cast<int64_t>(c.second.byte_size());
+        kept.push_back(std::move(c));
+      }
+    }
+    plan->constants = std::move(kept);
+    for (const auto& pn : plan->nodes) plan->stats.weight_bytes += pn.kernel->weight_bytes();
+  }
 
   // Liveness: an activation is released after its last reader, unless it is a graph
   // output or a constant (constants are shared handles and stay alive).
@@ -253,14 +332,15 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
       ctx->profile_[n].calls++;
       ctx->profile_[n].total += absl::Now() - start;
     }
+    for (Tensor& out : outs) {
+      if (channels_last_through && out.rank() >= 3) out.set_layout(Layout::kChannelsLast);
+      if (out.layout() == Layout::kChannelsLast && LayoutIsTrivial(out.shape())) {
+        out.set_layout(Layout::kPlain);  // same bytes either way
+      }
+    }
+    if (ctx->tap_) ctx->tap_(n, in_ptrs, outs);
     for (size_t o = 0; o < node.outputs.size(); ++o) {
       if (node.outputs[o] < 0) continue;
-      if (channels_last_through && outs[o].rank() >= 3) {
-        outs[o].set_layout(Layout::kChannelsLast);
-      }
-      if (outs[o].layout() == Layout::kChannelsLast && LayoutIsTrivial(outs[o].shape())) {
-        outs[o].set_layout(Layout::kPlain);  // same bytes either way
-      }
       live_bytes += static_cast<int64_t>(outs[o].byte_size());
       slots[node.outputs[o]] = std::move(outs[o]);
     }

@@ -14,6 +14,7 @@
 #define QUANTSERVE_ENGINE_SESSION_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,14 +29,43 @@ namespace qs {
 
 enum class Precision { kFP32, kDynamicRange, kInt8, kFP16, kBF16 };
 
+const char* PrecisionName(Precision p);  // "FP32", "DYNAMIC_RANGE", ...
+
+enum class CalibrationMethod;  // engine/quantize/calibration.h
+
 struct CompileOptions {
   Precision precision = Precision::kFP32;
   // >0: inputs' leading dimension is a batch dimension of at most this size.
   int max_batch_size = 0;
+  // INT8: calibration batches, each one tensor per graph input in inputs() order.
+  // Required for INT8 (Compile fails without it); used for the precision report of the
+  // other precisions when present (random inputs otherwise).
+  std::vector<std::vector<Tensor>> calibration;
+  int calibration_method = 0;  // 0 MINMAX, 1 PERCENTILE, 2 ENTROPY
+  double calibration_percentile = 99.999;
+  // Kept in FP32: by op type or node name (ONNX Runtime's nodes_to_exclude).
+  std::vector<std::string> exclude_op_types;
+  std::vector<std::string> exclude_nodes;
+  // By default the layers that produce a graph output (the classifier head) and
+  // convolutions over fewer than 4 input channels (the image stem) stay FP32: they are
+  // the most sensitive to rounding and a small share of the compute.
+  bool disable_default_exclusions = false;
+};
+
+// One line of the precision report: what each node runs at and how far its output is
+// from the FP32 plan's on the report data (signal-to-quantization-noise ratio; +inf when
+// identical).
+struct NodePrecision {
+  std::string name;
+  std::string op_type;
+  std::string precision;  // "FP32", "INT8", "DYNAMIC_RANGE", "BF16"
+  double sqnr_db = 0;
 };
 
 struct PlanStats {
   int64_t num_nodes = 0;           // kernels in the plan after optimization
+  int64_t fp32_weight_bytes = 0;   // what the weights take at FP32
+  int64_t stored_weight_bytes = 0;  // what they take as stored (f16 for FP16)
   int64_t num_graph_nodes = 0;     // nodes in the imported graph
   int64_t weight_bytes = 0;        // constant bytes held by the plan
   int64_t peak_activation_bytes = 0;  // largest live activation set seen so far
@@ -54,6 +84,11 @@ class Session;
 class ExecutionContext {
  public:
   ~ExecutionContext();
+  // Called after each node with its inputs (as the kernel saw them) and outputs; for
+  // calibration and the precision report. Slows every run: leave unset when serving.
+  using Tap = std::function<void(size_t node, const std::vector<const Tensor*>& inputs,
+                                 const std::vector<Tensor>& outputs)>;
+  void set_tap(Tap tap) { tap_ = std::move(tap); }
   // When on, Run() records per-node wall time (see profile()).
   void set_profiling(bool on) { profiling_ = on; }
   const std::vector<NodeProfile>& profile() const { return profile_; }
@@ -65,6 +100,7 @@ class ExecutionContext {
   explicit ExecutionContext(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
   bool profiling_ = false;
+  Tap tap_;
   std::vector<NodeProfile> profile_;
   int64_t peak_activation_bytes_ = 0;
 };
@@ -81,6 +117,8 @@ class Session {
   const std::vector<ValueInfo>& inputs() const;
   const std::vector<ValueInfo>& outputs() const;
   PlanStats stats() const;
+  // Empty for FP32 plans.
+  const std::vector<NodePrecision>& precision_report() const;
 
   std::unique_ptr<ExecutionContext> NewContext() const;
 
@@ -95,6 +133,8 @@ class Session {
   explicit Session(std::unique_ptr<Plan> plan);
   static absl::StatusOr<std::unique_ptr<Plan>> BuildPlan(Graph graph,
                                                          int max_batch_size);
+  static absl::StatusOr<std::unique_ptr<Plan>> BuildReducedPlan(Graph graph,
+                                                                const CompileOptions& options);
   std::unique_ptr<Plan> plan_;
 };
 

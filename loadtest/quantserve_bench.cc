@@ -22,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "engine/npy.h"
+#include "engine/quantize/calibration_data.h"
 #include "engine/onnx_import.h"
 #include "engine/session.h"
 
@@ -35,6 +36,13 @@ ABSL_FLAG(int, warmup, 10, "Untimed runs before measuring.");
 ABSL_FLAG(int, iters, 50, "Timed runs.");
 ABSL_FLAG(bool, json, false, "Print one JSON object instead of text.");
 ABSL_FLAG(bool, profile, false, "Print per-node times (text mode).");
+ABSL_FLAG(std::string, calibration, "",
+          "INT8 calibration folder (<input>.npy with samples first, numbered subfolders, "
+          "or ONNX test-data .pb files).");
+ABSL_FLAG(std::string, calibration_method, "minmax", "minmax | percentile | entropy.");
+ABSL_FLAG(double, calibration_percentile, 99.999, "Percentile for --calibration_method=percentile.");
+ABSL_FLAG(int, calibration_samples, 64, "Calibration samples used at most (0 = all).");
+ABSL_FLAG(bool, report, false, "Print the per-node precision report (SQNR vs FP32).");
 
 namespace {
 
@@ -79,6 +87,17 @@ int main(int argc, char** argv) {
   const absl::Time load_start = absl::Now();
   auto proto = qs::LoadOnnxModel(path);
   if (!proto.ok()) return Fail(proto.status());
+  if (!absl::GetFlag(FLAGS_calibration).empty()) {
+    auto graph = qs::ImportGraph(*proto);
+    if (!graph.ok()) return Fail(graph.status());
+    auto data = qs::LoadCalibrationData(absl::GetFlag(FLAGS_calibration), graph->inputs, 8,
+                                        absl::GetFlag(FLAGS_calibration_samples));
+    if (!data.ok()) return Fail(data.status());
+    options.calibration = *std::move(data);
+    const std::string m = absl::GetFlag(FLAGS_calibration_method);
+    options.calibration_method = m == "entropy" ? 2 : m == "percentile" ? 1 : 0;
+    options.calibration_percentile = absl::GetFlag(FLAGS_calibration_percentile);
+  }
   auto session = qs::Session::Compile(*proto, options);
   if (!session.ok()) return Fail(session.status());
   const double compile_s = absl::ToDoubleSeconds(absl::Now() - load_start);
@@ -153,6 +172,12 @@ int main(int argc, char** argv) {
                 static_cast<long long>(stats.weight_bytes),
                 static_cast<long long>(ctx->peak_activation_bytes()),
                 static_cast<long long>(stats.num_nodes));
+    if (absl::GetFlag(FLAGS_report)) {
+      for (const auto& n : (*session)->precision_report()) {
+        std::printf("  %-40s %-12s %-14s %8.2f dB\n", n.name.c_str(), n.op_type.c_str(),
+                    n.precision.c_str(), n.sqnr_db);
+      }
+    }
     if (absl::GetFlag(FLAGS_profile)) {
       for (const auto& n : ctx->profile()) {
         std::printf("  %-40s %-20s %9.3f ms\n", n.name.c_str(), n.op_type.c_str(),

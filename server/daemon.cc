@@ -194,9 +194,15 @@ bool Daemon::Shutdown() {
   if (d.poller.joinable()) d.poller.join();
   // Schedulers stop accepting; their workers finish what is queued and exit.
   if (d.repository) d.repository->UnloadAll();
-  const bool drained = d.workers.WaitForAll(deadline);
-  QS_LOG(INFO) << "queued and running requests finished; stopping the gRPC server";
-  if (!drained) QS_LOG(WARNING) << "exit timeout reached with requests still running";
+  // A load still compiling retires what it starts (the repository is closed): wait for
+  // it, so that the workers it started are among those waited for below.
+  const bool loads_done = d.repository == nullptr || d.repository->WaitForLoads(deadline);
+  const bool drained = d.workers.WaitForAll(deadline) && loads_done;
+  if (drained) {
+    QS_LOG(INFO) << "queued and running requests finished; stopping the gRPC server";
+  } else {
+    QS_LOG(WARNING) << "exit timeout reached with requests still running";
+  }
   if (d.server) {
     // Every accepted inference has finished by now; what is left are idle or
     // half-open streams, which get a short grace period before gRPC cancels them

@@ -9,8 +9,11 @@
 #include "engine/log.h"
 #include "server/daemon.h"
 #include "server/daemon_flags.h"
+#include "server/probe.h"
 
 int main(int argc, char** argv) {
+  // --probe=HOST:PORT: one health Check against a running daemon, then exit (HEALTHCHECK).
+  if (int rc = qs::RunProbeIfRequested(argc, argv); rc >= 0) return rc;
   // Debian's Abseil is built without NDEBUG: its mutex deadlock detection would cost
   // every lock in gRPC ~14% of server CPU (see docs/architecture.md).
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);

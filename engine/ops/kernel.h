@@ -69,6 +69,9 @@ class Kernel {
  public:
   virtual ~Kernel() = default;
   virtual LayoutPolicy layout_policy() const { return LayoutPolicy::kPlainOnly; }
+  // Bytes of weights the kernel holds itself in a form the plan's constants do not
+  // (quantized or converted copies), for the plan's weight accounting.
+  virtual int64_t weight_bytes() const { return 0; }
   virtual std::unique_ptr<KernelState> NewState() const { return nullptr; }
   virtual absl::Status Run(KernelRunContext& ctx) const = 0;
 };

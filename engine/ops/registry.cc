@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "engine/ops/reduced_precision.h"
+
 namespace qs {
 
 void KernelRegistry::Register(const std::string& op_type, KernelFactory factory,
@@ -15,7 +17,9 @@ bool KernelRegistry::Supports(const std::string& op_type) const {
 
 std::vector<std::string> KernelRegistry::OpTypes() const {
   std::vector<std::string> out;
-  for (const auto& [k, v] : entries_) out.push_back(k);
+  for (const auto& [k, v] : entries_) {
+    if (k.find('@') == std::string::npos) out.push_back(k);  // not the internal variants
+  }
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -28,7 +32,10 @@ absl::StatusOr<std::unique_ptr<Kernel>> KernelRegistry::Create(
         "unsupported op ", node.domain, ".", node.op_type, " (node '", node.name,
         "'): only the default ONNX domain is supported"));
   }
-  auto it = entries_.find(node.op_type);
+  // The precision pass marks nodes that run at reduced precision.
+  const std::string key =
+      node.attrs.Has(kPrecisionAttr) ? ReducedPrecisionKey(node.op_type) : node.op_type;
+  auto it = entries_.find(key);
   if (it != entries_.end()) {
     for (const Entry& e : it->second) {
       if (init.opset >= e.min_opset && init.opset <= e.max_opset) {
@@ -55,6 +62,7 @@ const KernelRegistry& DefaultKernelRegistry() {
     RegisterSoftmaxKernels(r);
     RegisterIndexKernels(r);
     RegisterResizeKernels(r);
+    RegisterReducedPrecisionKernels(r);
     return r;
   }();
   return *registry;

@@ -46,6 +46,7 @@ void RegisterNormKernels(KernelRegistry* r);
 void RegisterSoftmaxKernels(KernelRegistry* r);
 void RegisterIndexKernels(KernelRegistry* r);
 void RegisterResizeKernels(KernelRegistry* r);
+void RegisterReducedPrecisionKernels(KernelRegistry* r);
 
 }  // namespace qs
 

@@ -3,7 +3,11 @@
 #define QUANTSERVE_ENGINE_PASSES_PASSES_H_
 
 #include "absl/status/status.h"
+#include <vector>
+
+#include "engine/calibrate.h"
 #include "engine/graph.h"
+#include "engine/session.h"
 
 namespace qs {
 
@@ -26,6 +30,19 @@ absl::Status FuseConvActivation(Graph* graph);
 
 // Removes nodes whose outputs reach no graph output, and unused initializers.
 absl::Status EliminateDeadNodes(Graph* graph);
+
+// True for Conv (2-D), MatMul and Gemm nodes whose weights (and bias) are constant
+// FP32: the nodes that may run at reduced precision.
+bool IsReducedPrecisionCandidate(const Node& node, const Graph& graph);
+
+// Marks candidates for options.precision (DYNAMIC_RANGE, INT8 with `ranges`, BF16),
+// honouring the exclusions in `options`.
+absl::Status AssignPrecision(const CompileOptions& options,
+                             const std::vector<NodeRange>& ranges, Graph* graph);
+
+// FP16: rounds the weights of Conv/ConvTranspose/MatMul/Gemm to IEEE half (they are
+// stored as half and computed in FP32). Returns the bytes half storage saves.
+int64_t RoundWeightsToHalf(Graph* graph);
 
 }  // namespace qs
 

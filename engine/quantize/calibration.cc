@@ -52,6 +52,8 @@ float EntropyThreshold(const std::vector<double>& hist, double bin_width, int le
     for (int l = 0; l < levels; ++l) {
       const int start = static_cast<int>(std::floor(l * per_level));
       const int end = l == levels - 1 ? i : static_cast<int>(std::floor((l + 1) * per_level));
+      // Built from the unclipped bins (outliers left out), as TensorRT does: that is
+      // what makes clipping cost KL.
       double mass = 0;
       int nonzero = 0;
       for (int k = start; k < end; ++k) {
@@ -88,7 +90,14 @@ float RangeCollector::Threshold(CalibrationMethod method, double percentile) con
   const float absmax = std::max(std::fabs(min_), std::fabs(max_));
   if (hist_.empty() || !(absmax > 0.f)) return absmax;
   const double bin_width = static_cast<double>(absmax) / kBins;
-  if (method == CalibrationMethod::kEntropy) return EntropyThreshold(hist_, bin_width);
+  if (method == CalibrationMethod::kEntropy) {
+    // Exact zeros (ReLU outputs: often half the values) are represented exactly by
+    // any scale; left in, their spike drags the threshold far down.
+    std::vector<double> h = hist_;
+    h[0] = 0;
+    // One-sided data uses all 255 u8 levels; two-sided about half of them per side.
+    return EntropyThreshold(h, bin_width, min_ >= 0.f ? 255 : 128);
+  }
   if (!(percentile > 0.0) || percentile > 100.0) percentile = 99.999;
   double total = 0;
   for (double h : hist_) total += h;

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/log.h"
@@ -94,7 +95,20 @@ absl::Status ModelRepository::LoadModel(
     const std::string& name, const std::optional<inference::ModelConfig>& config_override) {
   absl::Status name_status = ValidateModelName(name);
   if (!name_status.ok()) return name_status;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return ClosedError(name);
+    ++loads_running_;
+  }
+  absl::Cleanup load_finished = [this] {
+    absl::MutexLock lock(&mu_);
+    --loads_running_;
+  };
   absl::MutexLock load_lock(&load_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return ClosedError(name);  // closed while waiting for another load
+  }
   const fs::path dir = fs::path(options_.root) / name;
   std::error_code ec;
   auto set_model_error = [&](const absl::Status& st) {
@@ -238,6 +252,12 @@ void ModelRepository::UnloadAll() {
   for (auto& [name, entry] : models_)
     for (auto& [v, slot] : entry.versions) Retire(slot);
   models_.clear();
+}
+
+bool ModelRepository::WaitForLoads(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return loads_running_ == 0; };
+  return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
 }
 
 void ModelRepository::Retire(VersionSlot& slot) {

@@ -76,6 +76,9 @@ class ModelRepository {
   // Unavailable, and a load still compiling when this is called retires what it started
   // instead of serving it (so its workers drain and exit like every other).
   void UnloadAll();
+  // After UnloadAll: waits until the loads that were running have returned (so every
+  // scheduler they started is retired). False if `deadline` passed first.
+  bool WaitForLoads(absl::Time deadline);
 
   // Resolves a request: `version` "" picks the highest READY version.
   // NotFound for an unknown model or version, Unavailable when it exists but is not READY.
@@ -110,6 +113,7 @@ class ModelRepository {
   mutable absl::Mutex mu_;
   std::map<std::string, ModelEntry> models_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;  // set by UnloadAll
+  int loads_running_ ABSL_GUARDED_BY(mu_) = 0;  // LoadModel calls in progress
   ModelReadyHook ready_hook_ ABSL_GUARDED_BY(mu_);
   absl::Mutex load_mu_;  // serializes loads of the repository (one compile at a time)
 };

@@ -869,10 +869,10 @@ TEST_F(ServingTest, SigtermDrainsQueuedRequests) {
   const Stats slow_stats = GetStats("slow");
   ASSERT_GE(slow_stats.execution, 1u);
 
-  // One stream: 20 digits requests (batched, waiting out the 200 ms delay), 10 slow
+  // One stream: 20 digits requests (batched, waiting out the 200 ms delay), 40 slow
   // requests (queued behind one another), then a tiny request as a barrier. The server
   // reads a stream's messages in order and enqueues each before reading the next, so
-  // once the barrier's answer arrives, all 30 requests are queued (or running).
+  // once the barrier's answer arrives, all 60 requests are queued (or running).
   grpc::ClientContext stream_ctx;
   stream_ctx.set_deadline(In(absl::Seconds(30)));
   auto stream = Stub()->ModelStreamInfer(&stream_ctx);
@@ -889,9 +889,14 @@ TEST_F(ServingTest, SigtermDrainsQueuedRequests) {
   auto barrier = TinyRequest({1, 2, 3, 4});
   barrier.set_id("barrier");
   ASSERT_TRUE(stream->Write(barrier));
+  // Half-close now: the server finishes the stream by itself once every answer is
+  // written, so the stream never waits on us during the shutdown.
+  ASSERT_TRUE(stream->WritesDone());
   std::map<std::string, inference::ModelStreamInferResponse> answers;
   inference::ModelStreamInferResponse sr;
-  while (answers.count("barrier") == 0 && stream->Read(&sr)) answers[sr.infer_response().id()] = sr;
+  while (answers.count("barrier") == 0 && stream->Read(&sr)) {
+    answers[sr.infer_response().id()] = sr;
+  }
   ASSERT_EQ(answers.count("barrier"), 1u);
   ASSERT_TRUE(answers["barrier"].error_message().empty()) << answers["barrier"].error_message();
   const size_t before_sigterm = answers.size() - 1;
@@ -950,7 +955,6 @@ TEST_F(ServingTest, SigtermDrainsQueuedRequests) {
     if (n_digits == kDigits && digits_done == absl::Time()) digits_done = absl::Now();
   }
   all_done = absl::Now();
-  stream->WritesDone();
   grpc::Status fin = stream->Finish();
   EXPECT_TRUE(fin.ok()) << fin.error_code() << " " << fin.error_message();
   ASSERT_EQ(answers.size(), static_cast<size_t>(kDigits + kSlow + 1));

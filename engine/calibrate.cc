@@ -1,0 +1,127 @@
+#include "engine/calibrate.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "engine/layout.h"
+#include "engine/log.h"
+#include "engine/ops/reduced_precision.h"
+#include "engine/passes/passes.h"
+#include "engine/quantize/calibration.h"
+#include "engine/quantize/quant_math.h"
+
+namespace qs {
+
+std::vector<Tensor> RandomInputs(const std::vector<ValueInfo>& inputs) {
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<Tensor> out;
+  for (const auto& info : inputs) {
+    Shape shape = info.shape;
+    for (int64_t& d : shape) d = d < 0 ? 1 : d;
+    Tensor t(info.dtype, shape);
+    if (info.dtype == DataType::kFloat32) {
+      for (int64_t i = 0; i < t.num_elements(); ++i) t.data<float>()[i] = g(rng);
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+namespace {
+
+absl::Status RunWithTap(const Session& session, const std::vector<Tensor>& inputs,
+                        ExecutionContext::Tap tap) {
+  auto ctx = session.NewContext();
+  ctx->set_tap(std::move(tap));
+  std::vector<Tensor> outputs;
+  absl::Status st = session.Run(ctx.get(), inputs, &outputs);
+  if (!st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("calibration run: ", st.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<NodeRange>> CalibrateRanges(
+    const Session& fp32, const std::vector<std::vector<Tensor>>& data,
+    const CompileOptions& options, const Graph& graph) {
+  const size_t n = graph.nodes.size();
+  std::vector<bool> candidate(n);
+  for (size_t i = 0; i < n; ++i) candidate[i] = IsReducedPrecisionCandidate(graph.nodes[i], graph);
+  std::vector<RangeCollector> collectors(n);
+  const auto method = static_cast<CalibrationMethod>(options.calibration_method);
+  const int passes = method == CalibrationMethod::kMinMax ? 1 : 2;
+  for (int pass = 0; pass < passes; ++pass) {
+    for (const auto& batch : data) {
+      absl::Status st = RunWithTap(
+          fp32, batch,
+          [&](size_t node, const std::vector<const Tensor*>& ins, const std::vector<Tensor>&) {
+            if (!candidate[node] || ins.empty() || ins[0] == nullptr ||
+                ins[0]->dtype() != DataType::kFloat32) {
+              return;
+            }
+            const Tensor& x = *ins[0];
+            if (pass == 0) {
+              collectors[node].ObserveRange(x.data<float>(), x.num_elements());
+            } else {
+              collectors[node].ObserveHistogram(x.data<float>(), x.num_elements());
+            }
+          });
+      if (!st.ok()) return st;
+    }
+  }
+  std::vector<NodeRange> ranges(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (!candidate[i]) continue;
+    ranges[i].valid = true;
+    collectors[i].Range(method, options.calibration_percentile, &ranges[i].min,
+                        &ranges[i].max);
+  }
+  return ranges;
+}
+
+absl::StatusOr<std::vector<NodePrecision>> PrecisionReport(const Session& fp32,
+                                                           const Session& reduced,
+                                                           const Graph& graph,
+                                                           const std::vector<Tensor>& inputs) {
+  const size_t n = graph.nodes.size();
+  std::vector<Tensor> reference(n);
+  absl::Status st = RunWithTap(
+      fp32, inputs,
+      [&](size_t node, const std::vector<const Tensor*>&, const std::vector<Tensor>& outs) {
+        if (!outs.empty() && outs[0].dtype() == DataType::kFloat32) {
+          reference[node] = ToPlain(outs[0]).Clone();
+        }
+      });
+  if (!st.ok()) return st;
+  std::vector<NodePrecision> report(n);
+  for (size_t i = 0; i < n; ++i) {
+    const Node& node = graph.nodes[i];
+    report[i].name = node.name;
+    report[i].op_type = node.op_type;
+    const std::string p = node.attrs.GetString(kPrecisionAttr, "");
+    report[i].precision = p == kPrecisionDynamic  ? "DYNAMIC_RANGE"
+                          : p == kPrecisionStatic ? "INT8"
+                          : p == kPrecisionBf16   ? "BF16"
+                                                  : "FP32";
+    report[i].sqnr_db = std::numeric_limits<double>::quiet_NaN();
+  }
+  st = RunWithTap(
+      reduced, inputs,
+      [&](size_t node, const std::vector<const Tensor*>&, const std::vector<Tensor>& outs) {
+        if (outs.empty() || !reference[node].defined() ||
+            outs[0].dtype() != DataType::kFloat32) {
+          return;
+        }
+        const Tensor got = ToPlain(outs[0]);
+        if (got.num_elements() != reference[node].num_elements()) return;
+        report[node].sqnr_db = SqnrDb(reference[node].data<float>(), got.data<float>(),
+                                      got.num_elements());
+      });
+  if (!st.ok()) return st;
+  return report;
+}
+
+}  // namespace qs

@@ -1,0 +1,39 @@
+// Load-time runs of a model for reduced precision: activation-range calibration
+// (INT8) and the per-node precision report. Used by Session::Compile.
+#ifndef QUANTSERVE_ENGINE_CALIBRATE_H_
+#define QUANTSERVE_ENGINE_CALIBRATE_H_
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/graph.h"
+#include "engine/session.h"
+
+namespace qs {
+
+// Calibrated range of one node's input 0 (valid only for candidates).
+struct NodeRange {
+  bool valid = false;
+  float min = 0.f, max = 0.f;
+};
+
+// Random inputs for the declared inputs (floats N(0,1), integers 0; free dims 1).
+std::vector<Tensor> RandomInputs(const std::vector<ValueInfo>& inputs);
+
+// Runs `data` through `fp32` (a plan of `graph`) and returns, per graph node, the
+// calibrated range of input 0 of every reduced-precision candidate. Two passes for the
+// histogram methods. Errors: a batch that does not fit the model (InvalidArgument).
+absl::StatusOr<std::vector<NodeRange>> CalibrateRanges(
+    const Session& fp32, const std::vector<std::vector<Tensor>>& data,
+    const CompileOptions& options, const Graph& graph);
+
+// Runs `inputs` through both plans (built from the same graph, so node i matches node
+// i) and reports each node's precision and the SQNR of its output against FP32.
+absl::StatusOr<std::vector<NodePrecision>> PrecisionReport(const Session& fp32,
+                                                           const Session& reduced,
+                                                           const Graph& graph,
+                                                           const std::vector<Tensor>& inputs);
+
+}  // namespace qs
+
+#endif  // QUANTSERVE_ENGINE_CALIBRATE_H_

@@ -1,0 +1,418 @@
+// Conv (2-D) and MatMul/Gemm with constant weights at reduced precision, selected by the
+// quantization pass (engine/passes/assign_precision.cc) through the node attribute
+// kPrecisionAttr:
+//
+//  "dynamic": DYNAMIC_RANGE. Weights s8, symmetric per output channel, quantized once
+//     at creation. Activations u8 per batch: a vectorized min/max gives scale and zero
+//     point, our own loop quantizes. The primitive has static per-channel output scales
+//     (the weight scales), a run-time src zero point and a binary-mul post-op carrying
+//     the activation scale: oneDNN 2.6 keeps that on the brgemm VNNI kernels, whereas
+//     run-time output scales would drop it to gemm:jit (2-3x slower). Bias and the fused
+//     activation follow as post-ops; the output is f32 (dequantization fused).
+//  "static": INT8. As above, but the activation range comes from calibration
+//     (kActMinAttr/kActMaxAttr), so scale and zero point are folded into the primitive
+//     at creation: output scales = w_scale * act_scale, static zero point.
+//  "bf16": BF16. Weights packed as bf16 once; activations converted to bf16 by a
+//     oneDNN reorder; f32 accumulation and output (native avx512_bf16 dot products).
+//
+// Inputs and outputs stay f32 so these kernels drop in anywhere an FP32 one would.
+// Per-context state caches the primitive and memory objects per input shape; packed
+// weights are shared by all contexts (PackedWeights).
+#include <algorithm>
+#include <memory>
+#include <unordered_map>
+
+#include "engine/layout.h"
+#include "engine/ops/dnnl_util.h"
+#include "engine/ops/reduced_precision.h"
+#include "engine/ops/registry.h"
+#include "engine/quantize/quant_math.h"
+#include "engine/status_macros.h"
+
+namespace qs {
+namespace {
+
+using dnnl::memory;
+using dt = dnnl::memory::data_type;
+
+enum class Mode { kDynamic, kStatic, kBf16 };
+
+absl::StatusOr<Mode> ParseMode(const Node& node) {
+  const std::string p = node.attrs.GetString(kPrecisionAttr, "");
+  if (p == kPrecisionDynamic) return Mode::kDynamic;
+  if (p == kPrecisionStatic) return Mode::kStatic;
+  if (p == kPrecisionBf16) return Mode::kBf16;
+  return NodeError(node, "unknown precision '", p, "'");
+}
+
+// Everything the kernels share: mode, activation parameters, fused activation, bias.
+struct Common {
+  Mode mode = Mode::kDynamic;
+  QuantParams act;  // static mode only
+  FusedActivation fused;
+  Tensor bias;  // f32 [channels] or undefined
+};
+
+absl::StatusOr<Common> ParseCommon(const Node& node) {
+  Common c;
+  QS_ASSIGN_OR_RETURN(c.mode, ParseMode(node));
+  QS_ASSIGN_OR_RETURN(c.fused, ParseFusedActivation(node));
+  if (c.mode == Mode::kStatic) {
+    if (!node.attrs.Has(kActMinAttr) || !node.attrs.Has(kActMaxAttr)) {
+      return NodeError(node, "static INT8 needs a calibrated activation range");
+    }
+    c.act = ComputeU8Params(node.attrs.GetFloat(kActMinAttr, 0.f),
+                            node.attrs.GetFloat(kActMaxAttr, 0.f));
+  }
+  return c;
+}
+
+// Per-shape objects of one primitive.
+struct Plan {
+  Shape out_shape;
+  dnnl::primitive prim;
+  memory src, weights, dst, zero_point, act_scale, bias;
+  int bias_post_op = -1;  // index of the bias binary_add post-op, -1 when none
+  int scale_post_op = -1;
+  // bf16 only: the src conversion.
+  dnnl::reorder to_bf16;
+  memory src_f32;
+};
+
+struct State : KernelState {
+  ShapeCache<Shape, Plan> plans;
+  Tensor scratch;  // u8 or bf16 copy of the activations, reused across runs
+};
+
+// Builds the attr shared by conv and matmul: output scales over `scale_mask`, the
+// src zero point, and the post-ops chain (act scale, bias, activation). `rank` is the
+// dst rank; the per-channel axis is 1.
+dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scales,
+                              int64_t channels, int rank, Plan* plan) {
+  dnnl::primitive_attr attr;
+  dnnl::post_ops po;
+  int index = 0;
+  if (c.mode == Mode::kBf16) {
+    // no scales
+  } else if (c.mode == Mode::kStatic) {
+    std::vector<float> scales(w_scales);
+    for (float& s : scales) s *= c.act.scale;
+    attr.set_output_scales(1 << 1, scales);
+    attr.set_zero_points(DNNL_ARG_SRC, 0, {c.act.zero_point});
+  } else {
+    attr.set_output_scales(1 << 1, w_scales);
+    attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
+    memory::dims one(rank, 1);
+    po.append_binary(dnnl::algorithm::binary_mul, memory::desc(one, dt::f32, PlainFormatTag(rank)));
+    plan->scale_post_op = index++;
+  }
+  if (c.bias.defined()) {
+    memory::dims bdims(rank, 1);
+    bdims[1] = channels;
+    po.append_binary(dnnl::algorithm::binary_add,
+                     memory::desc(bdims, dt::f32, PlainFormatTag(rank)));
+    plan->bias_post_op = index++;
+  }
+  AppendActivation(c.fused, &po);
+  attr.set_post_ops(po);
+  return attr;
+}
+
+// Quantizes or converts `x` (f32) into the state's scratch buffer and returns the
+// dynamic parameters (unused in the other modes).
+QuantParams PrepareSource(const Common& c, const Tensor& x, State* state) {
+  const int64_t n = x.num_elements();
+  QuantParams p = c.act;
+  if (c.mode == Mode::kBf16) return p;
+  if (!state->scratch.defined() || state->scratch.num_elements() < n) {
+    state->scratch = Tensor::Uninitialized(DataType::kUInt8, {n});
+  }
+  if (c.mode == Mode::kDynamic) {
+    float lo, hi;
+    MinMax(x.data<float>(), n, &lo, &hi);
+    p = ComputeU8Params(lo, hi);
+  }
+  QuantizeU8(x.data<float>(), n, p.scale, p.zero_point, state->scratch.data<uint8_t>());
+  return p;
+}
+
+void Execute(const Common& c, Plan* plan, const Tensor& x, const QuantParams& p,
+             State* state, Tensor* y, DnnlResources* dnnl) {
+  std::unordered_map<int, memory> args;
+  if (c.mode == Mode::kBf16) {
+    plan->src_f32.set_data_handle(const_cast<void*>(x.raw_data()));
+    plan->to_bf16.execute(dnnl->stream, plan->src_f32, plan->src);
+  } else {
+    plan->src.set_data_handle(state->scratch.raw_data());
+  }
+  plan->dst.set_data_handle(y->raw_data());
+  args[DNNL_ARG_SRC] = plan->src;
+  args[DNNL_ARG_WEIGHTS] = plan->weights;
+  args[DNNL_ARG_DST] = plan->dst;
+  if (c.mode == Mode::kDynamic) {
+    *static_cast<int32_t*>(plan->zero_point.get_data_handle()) = p.zero_point;
+    *static_cast<float*>(plan->act_scale.get_data_handle()) = p.scale;
+    args[DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC] = plan->zero_point;
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(plan->scale_post_op) | DNNL_ARG_SRC_1] =
+        plan->act_scale;
+  }
+  if (plan->bias_post_op >= 0) {
+    args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(plan->bias_post_op) | DNNL_ARG_SRC_1] = plan->bias;
+  }
+  plan->prim.execute(dnnl->stream, args);
+  dnnl->stream.wait();
+}
+
+// Memory objects a plan owns outright (zero point and scale scalars, bias view).
+void MakeScalars(const Common& c, int rank, int64_t channels, const dnnl::engine& eng,
+                 Plan* plan) {
+  if (c.mode == Mode::kDynamic) {
+    plan->zero_point = memory({{1}, dt::s32, memory::format_tag::a}, eng);
+    memory::dims one(rank, 1);
+    plan->act_scale = memory({one, dt::f32, PlainFormatTag(rank)}, eng);
+  }
+  if (c.bias.defined()) {
+    memory::dims bdims(rank, 1);
+    bdims[1] = channels;
+    plan->bias = memory({bdims, dt::f32, PlainFormatTag(rank)}, eng,
+                        const_cast<void*>(c.bias.raw_data()));
+  }
+}
+
+// ------------------------------------------------------------------ Conv ----------
+
+class ReducedConvKernel : public Kernel {
+ public:
+  ReducedConvKernel(Common c, WindowGeometry geo, int64_t group, const Tensor& w)
+      : c_(std::move(c)), geo_(std::move(geo)), group_(group), w_shape_(w.shape()) {
+    const int64_t o = w.dim(0);
+    memory::dims dims;
+    if (group_ > 1) dims = {group_, o / group_, w.dim(1), w.dim(2), w.dim(3)};
+    else dims = {o, w.dim(1), w.dim(2), w.dim(3)};
+    const auto tag = group_ > 1 ? memory::format_tag::goihw : memory::format_tag::oihw;
+    if (c_.mode == Mode::kBf16) {
+      Tensor wb = Tensor::Uninitialized(DataType::kBFloat16, w.shape());
+      for (int64_t i = 0; i < w.num_elements(); ++i)
+        wb.data<uint16_t>()[i] = FloatToBFloat16(w.data<float>()[i]);
+      packed_ = std::make_unique<PackedWeights>(wb, memory::desc(dims, dt::bf16, tag));
+    } else {
+      QuantizedWeights q = QuantizeWeightsPerChannel(w, o);
+      scales_ = std::move(q.scales);
+      packed_ = std::make_unique<PackedWeights>(q.values, memory::desc(dims, dt::s8, tag));
+    }
+  }
+
+  LayoutPolicy layout_policy() const override { return LayoutPolicy::kAny; }
+  std::unique_ptr<KernelState> NewState() const override { return std::make_unique<State>(); }
+  int64_t weight_bytes() const override {
+    return static_cast<int64_t>(packed_->tensor().byte_size() + scales_.size() * 4 +
+                                (c_.bias.defined() ? c_.bias.byte_size() : 0));
+  }
+
+  absl::Status Run(KernelRunContext& ctx) const override {
+    const Tensor* xin = ctx.input(0);
+    if (xin == nullptr || xin->dtype() != DataType::kFloat32 || xin->rank() != 4) {
+      return RunError("expected an FP32 rank-4 input");
+    }
+    if (xin->dim(1) != w_shape_[1] * group_) {
+      return RunError("X has ", xin->dim(1), " channels, W expects ", w_shape_[1] * group_);
+    }
+    const Tensor x = ToChannelsLast(*xin);
+    auto* state = static_cast<State*>(ctx.state);
+    Plan* plan = state->plans.Find(x.shape());
+    if (plan == nullptr) {
+      QS_ASSIGN_OR_RETURN(auto built, Build(x.shape(), ctx.dnnl));
+      plan = state->plans.Insert(x.shape(), std::move(built));
+    }
+    const QuantParams p = PrepareSource(c_, x, state);
+    Tensor y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
+    y.set_layout(Layout::kChannelsLast);
+    Execute(c_, plan, x, p, state, &y, ctx.dnnl);
+    (*ctx.outputs)[0] = std::move(y);
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::StatusOr<std::unique_ptr<Plan>> Build(const Shape& x, DnnlResources* dnnl) const {
+    std::vector<int64_t> out_sp, pb, pe;
+    QS_RETURN_IF_ERROR(geo_.Resolve({x[2], x[3]}, &out_sp, &pb, &pe));
+    auto plan = std::make_unique<Plan>();
+    const int64_t oc = w_shape_[0];
+    plan->out_shape = {x[0], oc, out_sp[0], out_sp[1]};
+    const dt src_dt = c_.mode == Mode::kBf16 ? dt::bf16 : dt::u8;
+    const dt w_dt = c_.mode == Mode::kBf16 ? dt::bf16 : dt::s8;
+    const memory::desc src_md = ChannelsLastDesc(x, src_dt);
+    const memory::desc dst_md = ChannelsLastDesc(plan->out_shape, dt::f32);
+    memory::dims wdims;
+    if (group_ > 1) wdims = {group_, oc / group_, w_shape_[1], w_shape_[2], w_shape_[3]};
+    else wdims = {oc, w_shape_[1], w_shape_[2], w_shape_[3]};
+    const memory::desc w_md(wdims, w_dt, memory::format_tag::any);
+    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, oc, 4, plan.get());
+    const memory::dims strides(geo_.strides.begin(), geo_.strides.end());
+    memory::dims dil = {geo_.dilations[0] - 1, geo_.dilations[1] - 1};
+    const memory::dims pad_l(pb.begin(), pb.end()), pad_r(pe.begin(), pe.end());
+    const dnnl::engine& eng = dnnl->engine;
+    dnnl::convolution_forward::primitive_desc pd(
+        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference,
+                                        dnnl::algorithm::convolution_direct, src_md, w_md,
+                                        memory::desc(), dst_md, strides, dil, pad_l, pad_r),
+        attr, eng);
+    plan->prim = dnnl::convolution_forward(pd);
+    plan->weights = packed_->Get(pd.weights_desc(), dnnl);
+    plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
+    plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
+    if (c_.mode == Mode::kBf16) {
+      plan->src = memory(src_md, eng);  // owns the bf16 copy
+      plan->src_f32 = memory(ChannelsLastDesc(x, dt::f32), eng, DNNL_MEMORY_NONE);
+      plan->to_bf16 = dnnl::reorder(plan->src_f32, plan->src);
+    }
+    MakeScalars(c_, 4, oc, eng, plan.get());
+    return plan;
+  }
+
+  Common c_;
+  WindowGeometry geo_;
+  int64_t group_;
+  Shape w_shape_;
+  std::vector<float> scales_;
+  std::unique_ptr<PackedWeights> packed_;
+};
+
+absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedConv(const KernelInit& init) {
+  const Node& node = *init.node;
+  const Tensor* w = init.constant(1);
+  if (w == nullptr || w->rank() != 4 || w->dtype() != DataType::kFloat32) {
+    return NodeError(node, "reduced precision needs constant FP32 2-D conv weights");
+  }
+  QS_ASSIGN_OR_RETURN(Common c, ParseCommon(node));
+  const Tensor* b = init.constant(2);
+  if (node.inputs.size() > 2 && !node.inputs[2].empty() && b == nullptr) {
+    return NodeError(node, "reduced precision needs a constant bias");
+  }
+  if (b != nullptr) c.bias = *b;
+  const int64_t group = node.attrs.GetInt("group", 1);
+  QS_ASSIGN_OR_RETURN(WindowGeometry geo,
+                      ParseWindowGeometry(node, {w->dim(2), w->dim(3)}, false));
+  return std::unique_ptr<Kernel>(new ReducedConvKernel(std::move(c), std::move(geo), group, *w));
+}
+
+// ---------------------------------------------------------------- MatMul / Gemm ----
+
+// y = A[..., K] x W[K, N] (+ bias[N]); A's leading dims collapse into M.
+class ReducedMatMulKernel : public Kernel {
+ public:
+  // `w` is [K, N]; `transposed` when the constant is stored [N, K] (Gemm transB=1).
+  ReducedMatMulKernel(Common c, const Tensor& w, bool transposed)
+      : c_(std::move(c)),
+        k_(transposed ? w.dim(1) : w.dim(0)),
+        n_(transposed ? w.dim(0) : w.dim(1)) {
+    const auto tag = transposed ? memory::format_tag::ba : memory::format_tag::ab;
+    if (c_.mode == Mode::kBf16) {
+      Tensor wb = Tensor::Uninitialized(DataType::kBFloat16, w.shape());
+      for (int64_t i = 0; i < w.num_elements(); ++i)
+        wb.data<uint16_t>()[i] = FloatToBFloat16(w.data<float>()[i]);
+      packed_ = std::make_unique<PackedWeights>(wb, memory::desc({k_, n_}, dt::bf16, tag));
+    } else {
+      QuantizedWeights q = transposed ? QuantizeWeightsPerChannel(w, n_)
+                                      : QuantizeWeightsPerColumn(w);
+      scales_ = std::move(q.scales);
+      packed_ = std::make_unique<PackedWeights>(q.values, memory::desc({k_, n_}, dt::s8, tag));
+    }
+  }
+
+  std::unique_ptr<KernelState> NewState() const override { return std::make_unique<State>(); }
+  int64_t weight_bytes() const override {
+    return static_cast<int64_t>(packed_->tensor().byte_size() + scales_.size() * 4 +
+                                (c_.bias.defined() ? c_.bias.byte_size() : 0));
+  }
+
+  absl::Status Run(KernelRunContext& ctx) const override {
+    const Tensor* x = ctx.input(0);
+    if (x == nullptr || x->dtype() != DataType::kFloat32 || x->rank() < 2 ||
+        x->dim(x->rank() - 1) != k_) {
+      return RunError("expected an FP32 input [..., ", k_, "]");
+    }
+    const int64_t m = x->num_elements() / k_;
+    auto* state = static_cast<State*>(ctx.state);
+    const Shape key = {m};
+    Plan* plan = state->plans.Find(key);
+    if (plan == nullptr) {
+      QS_ASSIGN_OR_RETURN(auto built, Build(m, ctx.dnnl));
+      plan = state->plans.Insert(key, std::move(built));
+    }
+    const QuantParams p = PrepareSource(c_, *x, state);
+    Shape out = x->shape();
+    out.back() = n_;
+    Tensor y = Tensor::Uninitialized(DataType::kFloat32, out);
+    if (m > 0) Execute(c_, plan, *x, p, state, &y, ctx.dnnl);
+    (*ctx.outputs)[0] = std::move(y);
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::StatusOr<std::unique_ptr<Plan>> Build(int64_t m, DnnlResources* dnnl) const {
+    auto plan = std::make_unique<Plan>();
+    if (m == 0) return plan;
+    const dt src_dt = c_.mode == Mode::kBf16 ? dt::bf16 : dt::u8;
+    const dt w_dt = c_.mode == Mode::kBf16 ? dt::bf16 : dt::s8;
+    const memory::desc src_md({m, k_}, src_dt, memory::format_tag::ab);
+    const memory::desc dst_md({m, n_}, dt::f32, memory::format_tag::ab);
+    const memory::desc w_md({k_, n_}, w_dt, memory::format_tag::any);
+    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, n_, 2, plan.get());
+    const dnnl::engine& eng = dnnl->engine;
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, dst_md), attr, eng);
+    plan->prim = dnnl::matmul(pd);
+    plan->weights = packed_->Get(pd.weights_desc(), dnnl);
+    plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
+    plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
+    if (c_.mode == Mode::kBf16) {
+      plan->src = memory(src_md, eng);
+      plan->src_f32 = memory({{m, k_}, dt::f32, memory::format_tag::ab}, eng, DNNL_MEMORY_NONE);
+      plan->to_bf16 = dnnl::reorder(plan->src_f32, plan->src);
+    }
+    MakeScalars(c_, 2, n_, eng, plan.get());
+    return plan;
+  }
+
+  Common c_;
+  int64_t k_, n_;
+  std::vector<float> scales_;
+  std::unique_ptr<PackedWeights> packed_;
+};
+
+absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedMatMul(const KernelInit& init) {
+  const Node& node = *init.node;
+  const Tensor* w = init.constant(1);
+  if (w == nullptr || w->rank() != 2 || w->dtype() != DataType::kFloat32) {
+    return NodeError(node, "reduced precision needs a constant FP32 2-D weight");
+  }
+  QS_ASSIGN_OR_RETURN(Common c, ParseCommon(node));
+  bool transposed = false;
+  if (node.op_type == "Gemm") {
+    if (node.attrs.GetInt("transA", 0) != 0 || node.attrs.GetFloat("alpha", 1.f) != 1.f) {
+      return NodeError(node, "reduced-precision Gemm needs transA=0 and alpha=1");
+    }
+    transposed = node.attrs.GetInt("transB", 0) != 0;
+    const Tensor* cin = init.constant(2);
+    if (node.inputs.size() > 2 && !node.inputs[2].empty()) {
+      const int64_t n = transposed ? w->dim(0) : w->dim(1);
+      if (cin == nullptr || cin->dtype() != DataType::kFloat32 || cin->num_elements() != n) {
+        return NodeError(node, "reduced-precision Gemm needs a constant [N] C");
+      }
+      const float beta = node.attrs.GetFloat("beta", 1.f);
+      c.bias = Tensor(DataType::kFloat32, {n});
+      for (int64_t i = 0; i < n; ++i) c.bias.data<float>()[i] = beta * cin->data<float>()[i];
+    }
+  }
+  return std::unique_ptr<Kernel>(new ReducedMatMulKernel(std::move(c), *w, transposed));
+}
+
+}  // namespace
+
+void RegisterReducedPrecisionKernels(KernelRegistry* r) {
+  r->Register(ReducedPrecisionKey("Conv"), MakeReducedConv);
+  r->Register(ReducedPrecisionKey("MatMul"), MakeReducedMatMul);
+  r->Register(ReducedPrecisionKey("Gemm"), MakeReducedMatMul);
+}
+
+}  // namespace qs

@@ -1,0 +1,25 @@
+// Engine-internal node attributes that select the reduced-precision kernels
+// (ops/reduced_precision.cc); set by the precision pass (passes/assign_precision.cc).
+#ifndef QUANTSERVE_ENGINE_OPS_REDUCED_PRECISION_H_
+#define QUANTSERVE_ENGINE_OPS_REDUCED_PRECISION_H_
+
+#include <string>
+
+namespace qs {
+
+inline constexpr char kPrecisionAttr[] = "qs_precision";
+inline constexpr char kPrecisionDynamic[] = "dynamic";
+inline constexpr char kPrecisionStatic[] = "static";
+inline constexpr char kPrecisionBf16[] = "bf16";
+// Calibrated activation range of input 0 (static INT8).
+inline constexpr char kActMinAttr[] = "qs_act_min";
+inline constexpr char kActMaxAttr[] = "qs_act_max";
+
+// Registry key of the reduced-precision variant of `op_type`.
+inline std::string ReducedPrecisionKey(const std::string& op_type) {
+  return op_type + "@reduced";
+}
+
+}  // namespace qs
+
+#endif  // QUANTSERVE_ENGINE_OPS_REDUCED_PRECISION_H_

@@ -1,0 +1,117 @@
+#include <unordered_set>
+
+#include "absl/container/flat_hash_set.h"
+#include "engine/ops/reduced_precision.h"
+#include "engine/passes/passes.h"
+
+namespace qs {
+
+bool IsReducedPrecisionCandidate(const Node& node, const Graph& graph) {
+  if (!node.domain.empty() || node.inputs.size() < 2) return false;
+  auto w = graph.initializers.find(node.inputs[1]);
+  if (w == graph.initializers.end() || w->second.dtype() != DataType::kFloat32) return false;
+  const Tensor& weights = w->second;
+  auto const_or_absent = [&](size_t i) {
+    return node.inputs.size() <= i || node.inputs[i].empty() ||
+           graph.initializers.count(node.inputs[i]) > 0;
+  };
+  if (node.op_type == "Conv") {
+    return weights.rank() == 4 && const_or_absent(2);
+  }
+  if (node.op_type == "MatMul") return weights.rank() == 2;
+  if (node.op_type == "Gemm") {
+    if (weights.rank() != 2 || node.attrs.GetInt("transA", 0) != 0 ||
+        node.attrs.GetFloat("alpha", 1.f) != 1.f || !const_or_absent(2)) {
+      return false;
+    }
+    if (node.inputs.size() > 2 && !node.inputs[2].empty()) {
+      const int64_t n = node.attrs.GetInt("transB", 0) ? weights.dim(0) : weights.dim(1);
+      return graph.initializers.at(node.inputs[2]).num_elements() == n;
+    }
+    return true;
+  }
+  return false;
+}
+
+namespace {
+
+bool DefaultExcluded(const Node& node, const Graph& graph,
+                     const absl::flat_hash_set<std::string>& graph_outputs) {
+  for (const auto& o : node.outputs)
+    if (graph_outputs.count(o)) return true;  // the head that produces a model output
+  if (node.op_type == "Conv") {
+    const Tensor& w = graph.initializers.at(node.inputs[1]);
+    const int64_t in_channels = w.dim(1) * node.attrs.GetInt("group", 1);
+    if (in_channels < 4) return true;  // the image stem
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::Status AssignPrecision(const CompileOptions& options,
+                             const std::vector<NodeRange>& ranges, Graph* graph) {
+  const char* value = nullptr;
+  switch (options.precision) {
+    case Precision::kDynamicRange: value = kPrecisionDynamic; break;
+    case Precision::kInt8: value = kPrecisionStatic; break;
+    case Precision::kBF16: value = kPrecisionBf16; break;
+    default: return absl::OkStatus();
+  }
+  absl::flat_hash_set<std::string> graph_outputs;
+  for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
+  const std::unordered_set<std::string> ex_ops(options.exclude_op_types.begin(),
+                                               options.exclude_op_types.end());
+  const std::unordered_set<std::string> ex_nodes(options.exclude_nodes.begin(),
+                                                 options.exclude_nodes.end());
+  for (size_t i = 0; i < graph->nodes.size(); ++i) {
+    Node& node = graph->nodes[i];
+    if (!IsReducedPrecisionCandidate(node, *graph)) continue;
+    if (ex_ops.count(node.op_type) || ex_nodes.count(node.name)) continue;
+    if (!options.disable_default_exclusions && DefaultExcluded(node, *graph, graph_outputs))
+      continue;
+    onnx::AttributeProto a;
+    a.set_name(kPrecisionAttr);
+    a.set_type(onnx::AttributeProto::STRING);
+    a.set_s(value);
+    if (options.precision == Precision::kInt8) {
+      if (i >= ranges.size() || !ranges[i].valid) continue;
+      onnx::AttributeProto lo, hi;
+      lo.set_name(kActMinAttr);
+      lo.set_type(onnx::AttributeProto::FLOAT);
+      lo.set_f(ranges[i].min);
+      hi.set_name(kActMaxAttr);
+      hi.set_type(onnx::AttributeProto::FLOAT);
+      hi.set_f(ranges[i].max);
+      node.attrs.Set(lo);
+      node.attrs.Set(hi);
+    }
+    node.attrs.Set(a);
+  }
+  return absl::OkStatus();
+}
+
+int64_t RoundWeightsToHalf(Graph* graph) {
+  absl::flat_hash_set<std::string> done;
+  int64_t saved = 0;
+  for (const Node& node : graph->nodes) {
+    if (node.op_type != "Conv" && node.op_type != "ConvTranspose" &&
+        node.op_type != "MatMul" && node.op_type != "Gemm") {
+      continue;
+    }
+    if (node.inputs.size() < 2 || done.count(node.inputs[1])) continue;
+    auto it = graph->initializers.find(node.inputs[1]);
+    if (it == graph->initializers.end() || it->second.dtype() != DataType::kFloat32) continue;
+    done.insert(node.inputs[1]);
+    const Tensor& w = it->second;
+    Tensor r = Tensor::Uninitialized(DataType::kFloat32, w.shape());
+    for (int64_t i = 0; i < w.num_elements(); ++i) {
+      r.data<float>()[i] = HalfToFloat(FloatToHalf(w.data<float>()[i]));
+    }
+    saved += w.num_elements() * 2;
+    it->second = r;
+  }
+  return saved;
+}
+
+}  // namespace qs
