@@ -40,6 +40,7 @@ struct ConvParams {
   std::vector<int64_t> output_padding, output_shape;
   AutoPad auto_pad = AutoPad::kNotSet;
   FusedActivation act;
+  bool fused_sum = false;  // input 3 is added to the output (sum post-op)
 };
 
 // Everything needed to run one input shape.
@@ -149,8 +150,21 @@ class ConvKernel : public Kernel {
       return RunError("B ", ShapeToString(b->shape()), " must be [", plan->out_shape[1],
                       "]");
     }
-    Tensor y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
-    y.set_layout(Layout::kChannelsLast);
+    Tensor y;
+    if (params_.fused_sum) {
+      // The sum post-op accumulates into dst: start it as the other addend.
+      const Tensor* r = ctx.input(3);
+      if (r == nullptr || r->shape() != plan->out_shape || r->dtype() != DataType::kFloat32) {
+        return RunError("fused residual does not match the output ",
+                        ShapeToString(plan->out_shape));
+      }
+      y = ToChannelsLast(*r);
+      if (y.raw_data() == r->raw_data()) y = y.Clone();
+      y.set_layout(Layout::kChannelsLast);
+    } else {
+      y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
+      y.set_layout(Layout::kChannelsLast);
+    }
     if (!plan->empty) {
       plan->src.set_data_handle(const_cast<void*>(x->raw_data()));
       plan->dst.set_data_handle(y.raw_data());
@@ -265,7 +279,13 @@ class ConvKernel : public Kernel {
     const dnnl::memory::desc b_md =
         b != nullptr ? PlainDesc(b->shape()) : dnnl::memory::desc();
     const dnnl::memory::dims st(strides.begin(), strides.end());
-    const dnnl::primitive_attr attr = MakeActivationAttr(params_.act);
+    dnnl::primitive_attr attr;
+    {
+      dnnl::post_ops po;
+      if (params_.fused_sum) po.append_sum(1.f);
+      AppendActivation(params_.act, &po);
+      attr.set_post_ops(po);
+    }
     const auto prop = dnnl::prop_kind::forward_inference;
     dnnl::memory::desc packed_w_md;
     // A zero bias descriptor (no B input) means "no bias" to oneDNN.
@@ -369,7 +389,7 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeConv(const KernelInit& init, ConvKin
   if (kind == ConvKind::kConv) {
     QS_RETURN_IF_ERROR(CheckAttributes(
         node, {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides",
-               kFusedActivationAttr, kFusedActivationParamsAttr}));
+               kFusedActivationAttr, kFusedActivationParamsAttr, kFusedSumAttr}));
   } else {
     QS_RETURN_IF_ERROR(
         CheckAttributes(node, {"auto_pad", "dilations", "group", "kernel_shape",
@@ -390,6 +410,7 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeConv(const KernelInit& init, ConvKin
   p.output_shape = node.attrs.GetInts("output_shape");
   QS_ASSIGN_OR_RETURN(p.auto_pad, ParseAutoPad(node));
   QS_ASSIGN_OR_RETURN(p.act, ParseFusedActivation(node));
+  p.fused_sum = node.attrs.GetInt(kFusedSumAttr, 0) != 0;
   for (int64_t v : p.strides) {
     if (v < 1) return NodeError(node, "strides must be >= 1");
   }

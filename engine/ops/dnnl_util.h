@@ -30,6 +30,9 @@ namespace qs {
 // that follows it: "Relu" or "Clip" (bounds in kFusedActivationParamsAttr = [min, max]).
 inline constexpr char kFusedActivationAttr[] = "qs_fused_activation";
 inline constexpr char kFusedActivationParamsAttr[] = "qs_fused_activation_params";
+// Set by FuseConvAdd: input 3 of the Conv is added to its output (before the fused
+// activation).
+inline constexpr char kFusedSumAttr[] = "qs_fused_sum";
 
 // InvalidArgument naming the first attribute of `node` that is not in `allowed`, so a
 // model using a feature we do not implement fails at compile time instead of computing

@@ -50,19 +50,35 @@ struct Common {
   Mode mode = Mode::kDynamic;
   QuantParams act;  // static mode only
   FusedActivation fused;
+  bool fused_sum = false;  // conv: input 3 is added to the output before `fused`
   Tensor bias;  // f32 [channels] or undefined
+  // Static conv whose consumers are all static-INT8 convs: the output is written as u8
+  // in their input quantization (kOutMinAttr/kOutMaxAttr), so they skip quantizing.
+  bool u8_out = false;
+  QuantParams out;
 };
 
 absl::StatusOr<Common> ParseCommon(const Node& node) {
   Common c;
   QS_ASSIGN_OR_RETURN(c.mode, ParseMode(node));
   QS_ASSIGN_OR_RETURN(c.fused, ParseFusedActivation(node));
+  c.fused_sum = node.attrs.GetInt(kFusedSumAttr, 0) != 0;
   if (c.mode == Mode::kStatic) {
     if (!node.attrs.Has(kActMinAttr) || !node.attrs.Has(kActMaxAttr)) {
       return NodeError(node, "static INT8 needs a calibrated activation range");
     }
     c.act = ComputeU8Params(node.attrs.GetFloat(kActMinAttr, 0.f),
                             node.attrs.GetFloat(kActMaxAttr, 0.f));
+    if (node.attrs.Has(kOutMinAttr) && node.attrs.Has(kOutMaxAttr) && !c.fused_sum) {
+      c.u8_out = true;
+      c.out = ComputeU8Params(node.attrs.GetFloat(kOutMinAttr, 0.f),
+                              node.attrs.GetFloat(kOutMaxAttr, 0.f));
+      // Post-ops run after the output scale, i.e. in units of the u8 output.
+      if (c.fused.kind == FusedActivation::Kind::kClip) {
+        c.fused.lo /= c.out.scale;
+        c.fused.hi /= c.out.scale;
+      }
+    }
   }
   return c;
 }
@@ -96,9 +112,11 @@ dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scale
     // no scales
   } else if (c.mode == Mode::kStatic) {
     std::vector<float> scales(w_scales);
-    for (float& s : scales) s *= c.act.scale;
+    const float out_scale = c.u8_out ? c.out.scale : 1.f;
+    for (float& s : scales) s *= c.act.scale / out_scale;
     attr.set_output_scales(1 << 1, scales);
     attr.set_zero_points(DNNL_ARG_SRC, 0, {c.act.zero_point});
+    if (c.u8_out) attr.set_zero_points(DNNL_ARG_DST, 0, {c.out.zero_point});
   } else {
     attr.set_output_scales(1 << 1, w_scales);
     attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
@@ -113,6 +131,7 @@ dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scale
                      memory::desc(bdims, dt::f32, PlainFormatTag(rank)));
     plan->bias_post_op = index++;
   }
+  if (c.fused_sum) po.append_sum(1.f);
   AppendActivation(c.fused, &po);
   attr.set_post_ops(po);
   return attr;
@@ -123,7 +142,7 @@ dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scale
 QuantParams PrepareSource(const Common& c, const Tensor& x, State* state) {
   const int64_t n = x.num_elements();
   QuantParams p = c.act;
-  if (c.mode == Mode::kBf16) return p;
+  if (c.mode == Mode::kBf16 || x.dtype() == DataType::kUInt8) return p;  // u8: chained
   if (!state->scratch.defined() || state->scratch.num_elements() < n) {
     state->scratch = Tensor::Uninitialized(DataType::kUInt8, {n});
   }
@@ -142,6 +161,8 @@ void Execute(const Common& c, Plan* plan, const Tensor& x, const QuantParams& p,
   if (c.mode == Mode::kBf16) {
     plan->src_f32.set_data_handle(const_cast<void*>(x.raw_data()));
     plan->to_bf16.execute(dnnl->stream, plan->src_f32, plan->src);
+  } else if (x.dtype() == DataType::kUInt8) {
+    plan->src.set_data_handle(const_cast<void*>(x.raw_data()));
   } else {
     plan->src.set_data_handle(state->scratch.raw_data());
   }
@@ -211,7 +232,11 @@ class ReducedConvKernel : public Kernel {
 
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* xin = ctx.input(0);
-    if (xin == nullptr || xin->dtype() != DataType::kFloat32 || xin->rank() != 4) {
+    const bool chained = xin != nullptr && xin->dtype() == DataType::kUInt8 &&
+                         c_.mode == Mode::kStatic &&
+                         xin->layout() == Layout::kChannelsLast;
+    if (xin == nullptr || (xin->dtype() != DataType::kFloat32 && !chained) ||
+        xin->rank() != 4) {
       return RunError("expected an FP32 rank-4 input");
     }
     if (xin->dim(1) != w_shape_[1] * group_) {
@@ -225,7 +250,20 @@ class ReducedConvKernel : public Kernel {
       plan = state->plans.Insert(x.shape(), std::move(built));
     }
     const QuantParams p = PrepareSource(c_, x, state);
-    Tensor y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
+    Tensor y;
+    if (c_.fused_sum) {
+      // The sum post-op accumulates into dst: start it as the other addend.
+      const Tensor* r = ctx.input(3);
+      if (r == nullptr || r->shape() != plan->out_shape || r->dtype() != DataType::kFloat32) {
+        return RunError("fused residual does not match the output ",
+                        ShapeToString(plan->out_shape));
+      }
+      y = ToChannelsLast(*r);
+      if (y.raw_data() == r->raw_data()) y = y.Clone();
+    } else {
+      y = Tensor::Uninitialized(c_.u8_out ? DataType::kUInt8 : DataType::kFloat32,
+                                plan->out_shape);
+    }
     y.set_layout(Layout::kChannelsLast);
     Execute(c_, plan, x, p, state, &y, ctx.dnnl);
     (*ctx.outputs)[0] = std::move(y);
@@ -242,7 +280,8 @@ class ReducedConvKernel : public Kernel {
     const dt src_dt = c_.mode == Mode::kBf16 ? dt::bf16 : dt::u8;
     const dt w_dt = c_.mode == Mode::kBf16 ? dt::bf16 : dt::s8;
     const memory::desc src_md = ChannelsLastDesc(x, src_dt);
-    const memory::desc dst_md = ChannelsLastDesc(plan->out_shape, dt::f32);
+    const memory::desc dst_md =
+        ChannelsLastDesc(plan->out_shape, c_.u8_out ? dt::u8 : dt::f32);
     memory::dims wdims;
     if (group_ > 1) wdims = {group_, oc / group_, w_shape_[1], w_shape_[2], w_shape_[3]};
     else wdims = {oc, w_shape_[1], w_shape_[2], w_shape_[3]};
@@ -289,7 +328,13 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedConv(const KernelInit& init) 
   if (node.inputs.size() > 2 && !node.inputs[2].empty() && b == nullptr) {
     return NodeError(node, "reduced precision needs a constant bias");
   }
-  if (b != nullptr) c.bias = *b;
+  if (b != nullptr) {
+    c.bias = *b;
+    if (c.u8_out) {  // the bias post-op also runs in output units
+      c.bias = b->Clone();
+      for (int64_t i = 0; i < c.bias.num_elements(); ++i) c.bias.data<float>()[i] /= c.out.scale;
+    }
+  }
   const int64_t group = node.attrs.GetInt("group", 1);
   QS_ASSIGN_OR_RETURN(WindowGeometry geo,
                       ParseWindowGeometry(node, {w->dim(2), w->dim(3)}, false));

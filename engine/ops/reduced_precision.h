@@ -14,6 +14,10 @@ inline constexpr char kPrecisionBf16[] = "bf16";
 // Calibrated activation range of input 0 (static INT8).
 inline constexpr char kActMinAttr[] = "qs_act_min";
 inline constexpr char kActMaxAttr[] = "qs_act_max";
+// Static conv: write the output as u8 quantized over this range (its consumers' input
+// range), set by the precision pass when every consumer is a static INT8 conv.
+inline constexpr char kOutMinAttr[] = "qs_out_min";
+inline constexpr char kOutMaxAttr[] = "qs_out_max";
 
 // Registry key of the reduced-precision variant of `op_type`.
 inline std::string ReducedPrecisionKey(const std::string& op_type) {

@@ -28,6 +28,10 @@ absl::Status FoldBatchNormIntoConv(Graph* graph);
 // by the Conv kernel as a oneDNN post-op).
 absl::Status FuseConvActivation(Graph* graph);
 
+// Folds a residual Add of equal shapes into the Conv producing one addend (oneDNN sum
+// post-op); run before FuseConvActivation.
+absl::Status FuseConvAdd(Graph* graph);
+
 // Removes nodes whose outputs reach no graph output, and unused initializers.
 absl::Status EliminateDeadNodes(Graph* graph);
 
