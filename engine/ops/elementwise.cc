@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "engine/ops/registry.h"
+#include "engine/passes/passes.h"
 
 namespace qs {
 namespace {
@@ -116,6 +117,28 @@ struct SignFn {
   }
 };
 
+// erf to ~1.2e-7 absolute error (Abramowitz & Stegun 7.1.26 is 1.5e-7; this rational
+// form is the one used by Eigen/XLA for float), branch-free so the loop vectorizes; libm's
+// erff does not. Inputs beyond |x| > 4 saturate to +-1 (erf(4) = 1 - 1.5e-8).
+float FastErf(float x) {
+  x = x < -4.f ? -4.f : (x > 4.f ? 4.f : x);  // (fmin/fmax block vectorizing)
+  const float x2 = x * x;
+  float p = -2.72614225801306e-10f;
+  p = p * x2 + 2.77068142495902e-08f;
+  p = p * x2 + -2.10102402082508e-06f;
+  p = p * x2 + -5.69250639462346e-05f;
+  p = p * x2 + -7.34990630326855e-04f;
+  p = p * x2 + -2.95459980854025e-03f;
+  p = p * x2 + -1.60960333262415e-02f;
+  p = p * x;
+  float q = -1.45660718464996e-05f;
+  q = q * x2 + -2.13374055278905e-04f;
+  q = q * x2 + -1.68282697438203e-03f;
+  q = q * x2 + -7.37332916720468e-03f;
+  q = q * x2 + -1.42647390514189e-02f;
+  return p / q;
+}
+
 }  // namespace
 
 void RegisterElementwiseKernels(KernelRegistry* r) {
@@ -126,7 +149,8 @@ void RegisterElementwiseKernels(KernelRegistry* r) {
   r->Register("Log", Unary([](float v) { return std::log(v); }));
   r->Register("Sqrt", Unary([](float v) { return std::sqrt(v); }));
   r->Register("Reciprocal", Unary([](float v) { return 1.f / v; }));
-  r->Register("Erf", Unary([](float v) { return std::erf(v); }));
+  r->Register("Erf", Unary([](float v) { return FastErf(v); }));
+  r->Register(kGeluOp, Unary([](float v) { return 0.5f * v * (1.f + FastErf(v * 0.70710678f)); }));
   r->Register("Floor", Unary([](float v) { return std::floor(v); }));
   r->Register("Ceil", Unary([](float v) { return std::ceil(v); }));
   r->Register("Softplus", Unary([](float v) { return std::log1p(std::exp(v)); }));

@@ -18,7 +18,8 @@ bool KernelRegistry::Supports(const std::string& op_type) const {
 std::vector<std::string> KernelRegistry::OpTypes() const {
   std::vector<std::string> out;
   for (const auto& [k, v] : entries_) {
-    if (k.find('@') == std::string::npos) out.push_back(k);  // not the internal variants
+    // Not the internal variants and ops (reduced precision, fused patterns).
+    if (k.find('@') == std::string::npos && k.rfind("Qs", 0) != 0) out.push_back(k);
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -63,6 +64,7 @@ const KernelRegistry& DefaultKernelRegistry() {
     RegisterIndexKernels(r);
     RegisterResizeKernels(r);
     RegisterReducedPrecisionKernels(r);
+    RegisterQuantizeOpsKernels(r);
     return r;
   }();
   return *registry;

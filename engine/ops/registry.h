@@ -47,6 +47,7 @@ void RegisterSoftmaxKernels(KernelRegistry* r);
 void RegisterIndexKernels(KernelRegistry* r);
 void RegisterResizeKernels(KernelRegistry* r);
 void RegisterReducedPrecisionKernels(KernelRegistry* r);
+void RegisterQuantizeOpsKernels(KernelRegistry* r);
 
 }  // namespace qs
 

@@ -32,6 +32,12 @@ absl::Status FuseConvActivation(Graph* graph);
 // post-op); run before FuseConvActivation.
 absl::Status FuseConvAdd(Graph* graph);
 
+// The internal op FuseGelu produces: y = 0.5 x (1 + erf(x / sqrt 2)).
+inline constexpr char kGeluOp[] = "QsGeluErf";
+
+// Collapses the erf-GELU subgraph exporters write into one kGeluOp node.
+absl::Status FuseGelu(Graph* graph);
+
 // Removes nodes whose outputs reach no graph output, and unused initializers.
 absl::Status EliminateDeadNodes(Graph* graph);
 
