@@ -81,6 +81,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Compile(
           t.num_elements() * (t.dtype() == DataType::kFloat16 ? 4 : DataTypeSize(t.dtype())));
     }
     QS_RETURN_IF_ERROR(RemoveIdentityNodes(&graph));
+    QS_RETURN_IF_ERROR(FoldQdqIntoReducedPrecision(&graph));
     QS_RETURN_IF_ERROR(FoldConstants(&graph));
     QS_RETURN_IF_ERROR(FoldBatchNormIntoConv(&graph));
     QS_RETURN_IF_ERROR(FuseGelu(&graph));

@@ -1,12 +1,17 @@
 #include "server/daemon.h"
 
 #include <algorithm>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "engine/log.h"
 #include "grpcpp/grpcpp.h"
+#include "model_config.pb.h"
 #include "prometheus/exposer.h"
 #include "server/cpu_budget.h"
 #include "server/grpc/health_service.h"
@@ -26,6 +31,48 @@ absl::StatusOr<ModelControlMode> ParseModelControlMode(const std::string& text) 
       "--model-control-mode must be none, poll or explicit, not '", text, "'"));
 }
 
+namespace {
+
+// Drift-guard fallbacks: each reloads a model with an overriding config on its own thread
+// (the repository keeps serving the old version until the new one is READY). Thread-safe;
+// Close() refuses further reloads and joins the running ones.
+class FallbackReloads {
+ public:
+  explicit FallbackReloads(ModelRepository* repository) : repository_(repository) {}
+  // Returns at once (called on a drift monitor's thread).
+  void Start(const std::string& model, inference::ModelConfig config) {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return;
+    threads_.emplace_back([repository = repository_, model, config = std::move(config)] {
+      QS_LOG(WARNING) << "drift guard: reloading model '" << model << "' at "
+                      << inference::Precision_Name(config.quantization().precision());
+      absl::Status st = repository->LoadModel(model, config);
+      if (!st.ok()) {
+        QS_LOG(ERROR) << "drift guard: reloading model '" << model
+                      << "' failed: " << st.message();
+      }
+    });
+  }
+  // After the repository is closed (UnloadAll), so running loads end promptly.
+  void Close() {
+    std::vector<std::thread> threads;
+    {
+      absl::MutexLock lock(&mu_);
+      closed_ = true;
+      threads.swap(threads_);
+    }
+    for (auto& t : threads) t.join();
+  }
+
+ private:
+  ModelRepository* const repository_;
+  absl::Mutex mu_;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
 struct Daemon::Impl {
   DaemonOptions options;
   ServerState state;
@@ -36,6 +83,8 @@ struct Daemon::Impl {
   std::unique_ptr<grpc::Server> server;
   int grpc_port = 0;
   std::shared_ptr<ServingMetrics> metrics;  // null when the endpoint is off
+  // Shared with the drift monitors' fallback callback, which may outlive Shutdown.
+  std::shared_ptr<FallbackReloads> fallbacks;
   std::unique_ptr<prometheus::Exposer> exposer;
   int metrics_port = -1;
   std::thread poller;
@@ -87,6 +136,11 @@ absl::Status Daemon::Start() {
     ServingMetrics::Options mo;
     mo.latency_buckets = o.metrics_latency_buckets;
     mo.repository = d.repository.get();
+    d.fallbacks = std::make_shared<FallbackReloads>(d.repository.get());
+    mo.drift_fallback = [fallbacks = d.fallbacks](const std::string& model,
+                                                  inference::ModelConfig config) {
+      fallbacks->Start(model, std::move(config));
+    };
     auto metrics = ServingMetrics::Create(mo);
     if (!metrics.ok()) return metrics.status();
     d.metrics = *std::move(metrics);
@@ -94,8 +148,9 @@ absl::Status Daemon::Start() {
   const int cpus = o.cpu_threads;
   WorkerTracker* tracker = &d.workers;
   ServingMetrics* metrics = d.metrics.get();
+  const ServerState* state = &d.state;
   d.repository->set_ready_hook(
-      [cpus, tracker, metrics](const std::shared_ptr<LoadedModel>& model)
+      [cpus, tracker, metrics, state](const std::shared_ptr<LoadedModel>& model)
           -> absl::StatusOr<std::shared_ptr<ModelScheduler>> {
         int instances = 0;
         for (const auto& g : model->config().instance_group()) instances += std::max(1, g.count());
@@ -105,6 +160,7 @@ absl::Status Daemon::Start() {
         // Workers share the cores: never more OpenMP threads in total than CPUs.
         so.threads_per_worker = std::max(1, cpus / instances);
         so.tracker = tracker;
+        so.abort_warmup = [state] { return state->draining(); };
         // The scheduler owns the observer: the version's series go away with it.
         if (metrics != nullptr) so.observer = metrics->ForModel(*model);
         if (instances > cpus) {
@@ -197,6 +253,9 @@ bool Daemon::Shutdown() {
   // A load still compiling retires what it starts (the repository is closed): wait for
   // it, so that the workers it started are among those waited for below.
   const bool loads_done = d.repository == nullptr || d.repository->WaitForLoads(deadline);
+  // Drift fallbacks started before the close have returned (their loads were waited
+  // for above, or fail at once on the closed repository).
+  if (d.fallbacks) d.fallbacks->Close();
   const bool drained = d.workers.WaitForAll(deadline) && loads_done;
   if (drained) {
     QS_LOG(INFO) << "queued and running requests finished; stopping the gRPC server";

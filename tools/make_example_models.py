@@ -34,6 +34,25 @@ Layout written under DIR:
   DIR/digits_cnn/testdata/x.npy   float32 [N, 1, 8, 8]  same held-out samples
   DIR/digits_cnn/testdata/y.npy   int64   [N]
 
+  Quantized variants (the same model.onnx bytes, a config with a
+  quantization block; the server quantizes on load, see docs/quantization.md):
+
+  DIR/digits_mlp_int8/     INT8, calibration { data_dir: "calibration" } (MINMAX);
+                           both Gemms run int8 (the node producing the graph
+                           output is the Softmax, so the default exclusion
+                           keeps nothing here)
+  DIR/digits_mlp_int8/calibration/input.npy   float32 [128, 64]
+  DIR/digits_mlp_dynamic/  DYNAMIC_RANGE (weights int8, activations per batch)
+  DIR/digits_cnn_int8/     INT8, calibration { data_dir: "calibration"
+                           method: ENTROPY }, disable_default_exclusions: true:
+                           the 1-channel stem conv and the output Gemm run int8
+                           too (by default they stay FP32)
+  DIR/digits_cnn_int8/calibration/image.npy   float32 [128, 1, 8, 8]
+  DIR/digits_cnn_bf16/     BF16
+
+  The calibration samples are the first 128 of the training split (never the
+  held-out samples in testdata/).
+
   DIR/.complete                   empty marker, written last.
 
 The split: the 1797 digits samples are shuffled with
@@ -452,6 +471,69 @@ def make_digits_cnn(out, train, test):
     return model
 
 
+# --------------------------------------------------------------------------
+# quantized variants: same ONNX file, config with a quantization block
+# --------------------------------------------------------------------------
+
+N_CALIBRATION = 128
+
+QUANTIZED_VARIANTS = (
+    # (variant, base model, input name, quantization block)
+    ("digits_mlp_int8", "digits_mlp", "input", """\
+quantization {
+  precision: INT8
+  calibration {
+    data_dir: "calibration"
+    max_samples: 128
+  }
+}
+"""),
+    ("digits_mlp_dynamic", "digits_mlp", None, """\
+quantization {
+  precision: DYNAMIC_RANGE
+}
+"""),
+    ("digits_cnn_int8", "digits_cnn", "image", """\
+quantization {
+  precision: INT8
+  calibration {
+    data_dir: "calibration"
+    method: ENTROPY
+    max_samples: 128
+  }
+  disable_default_exclusions: true
+}
+"""),
+    ("digits_cnn_bf16", "digits_cnn", None, """\
+quantization {
+  precision: BF16
+}
+"""),
+)
+
+
+def make_quantized_variants(out, train):
+    xtr, _ = train
+    calibration = {
+        "digits_mlp": np.ascontiguousarray(xtr[:N_CALIBRATION]),
+        "digits_cnn": np.ascontiguousarray(
+            xtr[:N_CALIBRATION].reshape(-1, 1, 8, 8)),
+    }
+    base_configs = {"digits_mlp": MLP_CONFIG, "digits_cnn": CNN_CONFIG}
+    for variant, base, input_name, block in QUANTIZED_VARIANTS:
+        with open(os.path.join(out, base, "1", "model.onnx"), "rb") as f:
+            write_file(os.path.join(out, variant, "1", "model.onnx"), f.read())
+        config = base_configs[base].replace(f'name: "{base}"',
+                                            f'name: "{variant}"', 1)
+        assert config != base_configs[base]
+        write_file(os.path.join(out, variant, "config.pbtxt"), config + block)
+        if input_name is not None:
+            save_npy(os.path.join(out, variant, "calibration",
+                                  input_name + ".npy"), calibration[base])
+        print(f"{variant}: {base} with "
+              f"{block.split()[3].lower()} quantization on load")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True,
@@ -468,6 +550,7 @@ def main(argv=None):
     train, test = load_split()
     make_digits_mlp(out, train, test)
     make_digits_cnn(out, train, test)
+    make_quantized_variants(out, train)
     write_file(marker, "")
     print(f"wrote {out} in {time.monotonic() - t0:.1f}s")
     return 0

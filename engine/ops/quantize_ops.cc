@@ -82,8 +82,10 @@ memory::desc RowMajorDesc(const memory::dims& dims, dt type) {
 }
 
 // ---------------------------------------------------------------- element loops ----
-// Compiled for AVX-512, AVX2 and the baseline; the compiler vectorizes them (division
-// and nearbyint included: ONNX specifies x / scale, rounded half to even).
+// Compiled for AVX-512F, AVX2 and the baseline (ifunc dispatch on CPU features; an
+// "arch=" clone would dispatch on the CPU model and miss AMD), vectorized by the
+// compiler, division and nearbyint included (ONNX specifies x / scale, rounded half to
+// even).
 
 template <typename T>
 __attribute__((always_inline)) inline void QuantizeLoop(const float* x, int64_t n, float scale,
@@ -97,11 +99,11 @@ __attribute__((always_inline)) inline void QuantizeLoop(const float* x, int64_t 
   }
 }
 
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default"))) void QuantizeU8Span(
+__attribute__((target_clones("avx512f", "avx2", "default"))) void QuantizeU8Span(
     const float* x, int64_t n, float scale, float zp, uint8_t* y) {
   QuantizeLoop(x, n, scale, zp, y);
 }
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default"))) void QuantizeS8Span(
+__attribute__((target_clones("avx512f", "avx2", "default"))) void QuantizeS8Span(
     const float* x, int64_t n, float scale, float zp, int8_t* y) {
   QuantizeLoop(x, n, scale, zp, y);
 }
@@ -112,15 +114,15 @@ __attribute__((always_inline)) inline void DequantizeLoop(const T* x, int64_t n,
   for (int64_t i = 0; i < n; ++i) y[i] = (static_cast<float>(x[i]) - zp) * scale;
 }
 
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default"))) void DequantizeU8Span(
+__attribute__((target_clones("avx512f", "avx2", "default"))) void DequantizeU8Span(
     const uint8_t* x, int64_t n, float scale, float zp, float* y) {
   DequantizeLoop(x, n, scale, zp, y);
 }
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default"))) void DequantizeS8Span(
+__attribute__((target_clones("avx512f", "avx2", "default"))) void DequantizeS8Span(
     const int8_t* x, int64_t n, float scale, float zp, float* y) {
   DequantizeLoop(x, n, scale, zp, y);
 }
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default"))) void DequantizeS32Span(
+__attribute__((target_clones("avx512f", "avx2", "default"))) void DequantizeS32Span(
     const int32_t* x, int64_t n, float scale, float zp, float* y) {
   DequantizeLoop(x, n, scale, zp, y);
 }
@@ -142,12 +144,12 @@ __attribute__((always_inline)) inline void RequantizeLoop(const int32_t* acc,
   }
 }
 
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default"))) void RequantizeU8Row(
+__attribute__((target_clones("avx512f", "avx2", "default"))) void RequantizeU8Row(
     const int32_t* acc, const int32_t* bias, const float* mult, int64_t n, float zp,
     uint8_t* y) {
   RequantizeLoop(acc, bias, mult, n, zp, y);
 }
-__attribute__((target_clones("arch=skylake-avx512", "avx2", "default"))) void RequantizeS8Row(
+__attribute__((target_clones("avx512f", "avx2", "default"))) void RequantizeS8Row(
     const int32_t* acc, const int32_t* bias, const float* mult, int64_t n, float zp,
     int8_t* y) {
   RequantizeLoop(acc, bias, mult, n, zp, y);
@@ -619,12 +621,11 @@ std::unique_ptr<ConstB> MakeConstB(const Tensor& b, const Tensor* zp) {
   return c;
 }
 
-// The int32 product of MatMulInteger/QLinearMatMul. `out_rows` receives, per output
-// row (batch-major), the row index m within its matrix and the A batch it came from.
+// The int32 product of MatMulInteger/QLinearMatMul: [batch..., M, N] (output row r is
+// row r % M of its matrix).
 struct IntMatMulResult {
-  Tensor acc;  // int32, [batch..., M, N]
+  Tensor acc;
   int64_t m = 0, n = 0;
-  std::vector<int64_t> a_batch_of;  // per output batch
 };
 
 absl::StatusOr<IntMatMulResult> RunIntMatMul(const Tensor* a, const Tensor* azp_t,
@@ -663,7 +664,6 @@ absl::StatusOr<IntMatMulResult> RunIntMatMul(const Tensor* a, const Tensor* azp_
   IntMatMulResult r;
   r.m = m;
   r.n = n;
-  r.a_batch_of = bm.a_index;
   Shape out_shape = bm.out_batch;
   out_shape.push_back(m);
   out_shape.push_back(n);

@@ -232,9 +232,10 @@ class ReducedConvKernel : public Kernel {
 
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* xin = ctx.input(0);
+    // (A 1x1-spatial u8 tensor may be tagged plain: the bytes are the same.)
     const bool chained = xin != nullptr && xin->dtype() == DataType::kUInt8 &&
                          c_.mode == Mode::kStatic &&
-                         xin->layout() == Layout::kChannelsLast;
+                         (xin->layout() == Layout::kChannelsLast || LayoutIsTrivial(xin->shape()));
     if (xin == nullptr || (xin->dtype() != DataType::kFloat32 && !chained) ||
         xin->rank() != 4) {
       return RunError("expected an FP32 rank-4 input");

@@ -120,6 +120,7 @@ absl::Status AssignPrecision(const CompileOptions& options,
   for (size_t i = 0; i < graph->nodes.size(); ++i) {
     Node& node = graph->nodes[i];
     if (!IsReducedPrecisionCandidate(node, *graph)) continue;
+    if (node.attrs.Has(kPrecisionAttr)) continue;  // quantized by the model itself (QDQ)
     if (ex_ops.count(node.op_type) || ex_nodes.count(node.name)) continue;
     if (!options.disable_default_exclusions && DefaultExcluded(node, *graph, graph_outputs))
       continue;

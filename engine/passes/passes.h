@@ -15,6 +15,12 @@ namespace qs {
 // to the node's input.
 absl::Status RemoveIdentityNodes(Graph* graph);
 
+// Rewrites QDQ-quantized Conv/MatMul/Gemm (DequantizeLinear on an int8 weight, a
+// QuantizeLinear/DequantizeLinear pair on the activation) into the static INT8 kernels
+// when re-quantizing the folded weights reproduces the model's own int8 values; others
+// stay in simulated (FP32) form. Runs before FoldConstants, which would hide the pattern.
+absl::Status FoldQdqIntoReducedPrecision(Graph* graph);
+
 // Evaluates every node whose inputs are all constants (initializers or folded values)
 // with the engine's own kernels, and turns its outputs into initializers. Shape
 // subgraphs over static shapes fold away here.

@@ -1,9 +1,11 @@
 #include "server/grpc/inference_service.h"
 
+#include <cmath>
 #include <deque>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "engine/log.h"
 #include "google/protobuf/util/json_util.h"
@@ -129,8 +131,12 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
     FillTensorMetadata(out.name(), out.data_type(), out.dims(), config.max_batch_size(),
                        resp->add_outputs());
   }
-  (*resp->mutable_properties())["precision"] =
-      inference::Precision_Name(config.quantization().precision());
+  auto& props = *resp->mutable_properties();
+  props["precision"] = inference::Precision_Name(config.quantization().precision());
+  const PlanStats stats = model.session().stats();
+  props["weight_bytes"] = absl::StrCat(stats.weight_bytes);
+  props["fp32_weight_bytes"] = absl::StrCat(stats.fp32_weight_bytes);
+  props["stored_weight_bytes"] = absl::StrCat(stats.stored_weight_bytes);
   return Finish(ctx, absl::OkStatus());
 }
 
@@ -139,7 +145,25 @@ grpc::ServerUnaryReactor* InferenceService::ModelConfig(Ctx* ctx,
                                                         inference::ModelConfigResponse* resp) {
   auto handle = repository_->Get(req->name(), req->version());
   if (!handle.ok()) return Finish(ctx, handle.status());
-  *resp->mutable_config() = handle->model->config();
+  const LoadedModel& model = *handle->model;
+  *resp->mutable_config() = model.config();
+  // The load's precision report (docs/quantization.md), for reduced-precision plans.
+  const std::vector<NodePrecision>& report = model.session().precision_report();
+  if (!report.empty()) {
+    auto& params = *resp->mutable_config()->mutable_parameters();
+    params["qs_precision_report"].set_string_value(PrecisionReportJson(report));
+    const double min_sqnr = MinReducedSqnrDb(report);
+    if (!std::isnan(min_sqnr)) {
+      params["qs_min_sqnr_db"].set_string_value(absl::StrFormat("%.2f", min_sqnr));
+    }
+  }
+  if (model.calibration_samples() > 0) {
+    auto& params = *resp->mutable_config()->mutable_parameters();
+    params["qs_calibration_samples"].set_string_value(
+        absl::StrCat(model.calibration_samples()));
+    params["qs_calibration_seconds"].set_string_value(absl::StrFormat(
+        "%.3f", absl::ToDoubleSeconds(model.calibration_duration())));
+  }
   return Finish(ctx, absl::OkStatus());
 }
 

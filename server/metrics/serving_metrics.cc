@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "engine/log.h"
 #include "engine/session.h"
 #include "model_config.pb.h"
 #include "server/repository/loaded_model.h"
@@ -31,11 +32,9 @@ int OutcomeIndex(FailureReason reason) {
   return 5;
 }
 
-// The FP32 size of a plan's weights. Hook for quantization: today every plan keeps its
-// constants in FP32, so this is weight_bytes. When the engine stores int8 (or FP16)
-// weights, PlanStats must also report the FP32 size of the same constants, and this
-// returns that figure, so that weight_bytes / fp32_weight_bytes is the saving.
-int64_t Fp32WeightBytes(const PlanStats& stats) { return stats.weight_bytes; }
+// The FP32 size of a plan's weights (what its initializers take at FP32), so that
+// weight_bytes / fp32_weight_bytes is the saving of a reduced-precision plan.
+int64_t Fp32WeightBytes(const PlanStats& stats) { return stats.fp32_weight_bytes; }
 
 prometheus::Labels VersionLabels(const std::string& model, const std::string& version) {
   return {{"model", model}, {"version", version}};
@@ -104,6 +103,7 @@ ModelMetricsInfo MetricsInfoFor(const LoadedModel& model) {
   const PlanStats stats = model.session().stats();
   info.weight_bytes = stats.weight_bytes;
   info.fp32_weight_bytes = Fp32WeightBytes(stats);
+  info.min_sqnr_db = MinReducedSqnrDb(model.session().precision_report());
   info.load_duration = model.load_duration();
   info.max_queue_size =
       model.config().dynamic_batching().default_queue_policy().max_queue_size();
@@ -147,16 +147,21 @@ class ServingMetrics::Observer : public InferenceObserver {
       s_.inflight->Decrement(static_cast<double>(-delta));
     }
   }
-  // Accuracy drift is sampled here once the drift monitor exists; until then nothing is
-  // kept and nothing blocks.
-  void OnOutputs(const std::vector<Tensor>& /*inputs*/,
-                 const std::vector<Tensor>& /*outputs*/) override {}
+  // Accuracy drift: the monitor samples and enqueues (never blocks).
+  void OnOutputs(const std::vector<Tensor>& inputs,
+                 const std::vector<Tensor>& outputs) override {
+    if (drift_ != nullptr) drift_->Offer(inputs, outputs);
+  }
+  // Set once, by ForModel, before the observer is handed out.
+  void set_drift(std::unique_ptr<DriftMonitor> drift) { drift_ = std::move(drift); }
 
  private:
   const std::shared_ptr<ServingMetrics> owner_;
   const VersionKey version_;
   const MemoryKey memory_;
   const VersionSeries s_;
+  // Destroyed before owner_ (which owns the drift families it uses).
+  std::unique_ptr<DriftMonitor> drift_;
 };
 
 absl::StatusOr<std::shared_ptr<ServingMetrics>> ServingMetrics::Create(Options options) {
@@ -222,7 +227,11 @@ ServingMetrics::ServingMetrics(Options options)
                           "Constant (weight) bytes held by the loaded plan.")),
       fp32_weight_bytes_(Build(prometheus::BuildGauge(), *registry_,
                                "model_fp32_weight_bytes",
-                               "Bytes the same weights would take in FP32.")) {}
+                               "Bytes the same weights would take in FP32.")),
+      min_sqnr_db_(Build(prometheus::BuildGauge(), *registry_, "model_min_sqnr_db",
+                         "Lowest signal-to-quantization-noise ratio (dB) over the "
+                         "reduced-precision nodes at load; per-node figures are in "
+                         "the ModelConfig parameter qs_precision_report.")) {}
 
 ServingMetrics::~ServingMetrics() = default;
 
@@ -262,7 +271,17 @@ ServingMetrics::MemorySeries* ServingMetrics::AcquireMemory(const MemoryKey& key
 }
 
 std::shared_ptr<InferenceObserver> ServingMetrics::ForModel(const LoadedModel& model) {
-  return ForModel(MetricsInfoFor(model));
+  std::shared_ptr<InferenceObserver> observer = ForModel(MetricsInfoFor(model));
+  if (DriftMonitor::Configured(model.config())) {
+    auto drift = DriftMonitor::Create(drift_.get(),
+                                      DriftOptionsFor(model, options_.drift_fallback));
+    if (drift.ok()) {
+      static_cast<Observer&>(*observer).set_drift(*std::move(drift));
+    } else {
+      QS_LOG(ERROR) << drift.status().message() << "; drift monitoring is off";
+    }
+  }
+  return observer;
 }
 
 std::shared_ptr<InferenceObserver> ServingMetrics::ForModel(const ModelMetricsInfo& info) {
@@ -278,6 +297,14 @@ std::shared_ptr<InferenceObserver> ServingMetrics::ForModel(const ModelMetricsIn
     v->queue_capacity->Set(static_cast<double>(info.max_queue_size));
     m->weight_bytes->Set(static_cast<double>(info.weight_bytes));
     m->fp32_weight_bytes->Set(static_cast<double>(info.fp32_weight_bytes));
+    if (!std::isnan(info.min_sqnr_db)) {
+      if (m->min_sqnr_db == nullptr) {
+        prometheus::Labels labels = VersionLabels(info.name, info.version);
+        labels["precision"] = info.precision;
+        m->min_sqnr_db = &min_sqnr_db_.Add(labels);
+      }
+      m->min_sqnr_db->Set(info.min_sqnr_db);
+    }
     series = *v;
   }
   return std::make_shared<Observer>(shared_from_this(), std::move(vkey), std::move(mkey),
@@ -308,6 +335,7 @@ void ServingMetrics::Release(const VersionKey& version, const MemoryKey& memory)
   if (m != memory_.end() && --m->second.refs == 0) {
     weight_bytes_.Remove(m->second.weight_bytes);
     fp32_weight_bytes_.Remove(m->second.fp32_weight_bytes);
+    if (m->second.min_sqnr_db != nullptr) min_sqnr_db_.Remove(m->second.min_sqnr_db);
     memory_.erase(m);
   }
 }

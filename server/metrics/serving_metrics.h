@@ -13,10 +13,11 @@
 // leaves no stale series. Two observers for the same {model, version} (a reload of the
 // same version overlaps the old scheduler with the new one) share one set of series.
 //
-// Extension point: the accuracy-drift monitor (later) is a sibling of this class in
-// server/metrics/. It registers its own `quantserve_drift_*` families in registry() (so
-// they are exposed with everything else), and the observer's OnOutputs, a non-blocking
-// no-op today, becomes the place that hands sampled batches to it.
+// Accuracy drift: the families of server/metrics/drift_monitor.h live in registry() (so
+// they are exposed with everything else). ForModel(const LoadedModel&) gives a version
+// whose config has a drift block (drift.sample_rate > 0) a DriftMonitor owned by its
+// observer, and the observer's OnOutputs hands each batch to it (sampling and a
+// non-blocking enqueue; the FP32 reference runs on the monitor's own thread).
 //
 // Thread-safety: every method is thread-safe. Observers are cheap (a few atomic adds and
 // one short prometheus-cpp histogram lock per histogram) and never block on I/O.
@@ -31,6 +32,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -49,6 +51,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/metrics/drift_monitor.h"
 #include "server/metrics/server_collectors.h"
 #include "server/scheduling/inference_observer.h"
 
@@ -70,9 +73,11 @@ struct ModelMetricsInfo {
   std::string version;
   std::string precision = "FP32";  // inference::Precision name
   int64_t weight_bytes = 0;        // constant bytes held by the plan as loaded
-  // What the same weights take in FP32; equal to weight_bytes until the engine stores
-  // quantized weights (the hook is Fp32WeightBytes() in serving_metrics.cc).
+  // What the same weights take in FP32 (PlanStats::fp32_weight_bytes).
   int64_t fp32_weight_bytes = 0;
+  // Lowest SQNR (dB) over the plan's reduced-precision nodes; NaN when it has none
+  // (FP32, FP16), and then no quantserve_model_min_sqnr_db series is created.
+  double min_sqnr_db = std::numeric_limits<double>::quiet_NaN();
   absl::Duration load_duration;
   int64_t max_queue_size = 0;      // the batcher's bound; 0 = unbounded
 };
@@ -89,6 +94,9 @@ class ServingMetrics : public prometheus::Collectable,
     // Optional: source of quantserve_models{state}; must outlive every Collect().
     const ModelRepository* repository = nullptr;
     std::string build_version;  // quantserve_build_info{version}; empty: kQuantserveVersion
+    // Called when a drift guard trips with a fallback precision (see DriftMonitor);
+    // null: the guard only alarms.
+    DriftFallbackFn drift_fallback;
   };
   // InvalidArgument for bad latency buckets.
   static absl::StatusOr<std::shared_ptr<ServingMetrics>> Create(Options options);
@@ -96,7 +104,9 @@ class ServingMetrics : public prometheus::Collectable,
 
   // The observer for one model version; sets its memory and load-time gauges and
   // creates its series (all request outcomes at 0). Destroying the last observer of a
-  // {model, version} removes that version's series.
+  // {model, version} removes that version's series. The LoadedModel form also creates
+  // the version's DriftMonitor when its config has a drift block (an invalid drift block
+  // is logged as an ERROR and monitoring stays off for that version).
   std::shared_ptr<InferenceObserver> ForModel(const LoadedModel& model);
   std::shared_ptr<InferenceObserver> ForModel(const ModelMetricsInfo& info);
 
@@ -133,6 +143,7 @@ class ServingMetrics : public prometheus::Collectable,
     int refs = 0;
     prometheus::Gauge* weight_bytes = nullptr;
     prometheus::Gauge* fp32_weight_bytes = nullptr;
+    prometheus::Gauge* min_sqnr_db = nullptr;  // null unless reduced-precision nodes
   };
   using VersionKey = std::pair<std::string, std::string>;
   using MemoryKey = std::tuple<std::string, std::string, std::string>;
@@ -163,6 +174,10 @@ class ServingMetrics : public prometheus::Collectable,
   prometheus::Family<prometheus::Gauge>& queue_capacity_;
   prometheus::Family<prometheus::Gauge>& weight_bytes_;
   prometheus::Family<prometheus::Gauge>& fp32_weight_bytes_;
+  prometheus::Family<prometheus::Gauge>& min_sqnr_db_;
+  // The drift families (in registry_); outlives every observer's DriftMonitor, since
+  // observers keep this object alive.
+  const std::unique_ptr<DriftMetrics> drift_ = std::make_unique<DriftMetrics>(*registry_);
 
   absl::Mutex mu_;
   std::map<VersionKey, VersionSeries> versions_ ABSL_GUARDED_BY(mu_);

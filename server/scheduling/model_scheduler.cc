@@ -237,6 +237,11 @@ void ModelScheduler::WorkerLoop(int threads, absl::BlockingCounter* warmed) {
   // used here; warming it builds the primitives for the warmup shapes.
   std::unique_ptr<ExecutionContext> ctx = session_->NewContext();
   for (const auto& inputs : options_.warmup) {
+    if (options_.abort_warmup && options_.abort_warmup()) {  // shutting down
+      absl::MutexLock lock(&mu_);
+      if (warmup_status_.ok()) warmup_status_ = absl::UnavailableError("server is shutting down");
+      break;
+    }
     std::vector<Tensor> outputs;
     absl::Status st = session_->Run(ctx.get(), inputs, &outputs);
     if (!st.ok()) {

@@ -12,6 +12,7 @@
 #define QUANTSERVE_SERVER_SCHEDULING_MODEL_SCHEDULER_H_
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -48,6 +49,9 @@ struct SchedulerOptions {
   // Input sets every worker runs on its own context before Start returns (see
   // server/repository/warmup.h).
   std::vector<std::vector<Tensor>> warmup;
+  // Polled between warmup runs: true stops the warmup (Start then fails Unavailable),
+  // so a SIGTERM during a long warmup does not wait for it.
+  std::function<bool()> abort_warmup;
 };
 
 class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {

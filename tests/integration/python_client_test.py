@@ -48,7 +48,8 @@ SHUTDOWN_TIMEOUT_S = 30.0   # SIGTERM -> exit
 RPC_TIMEOUT_S = 30.0        # per RPC deadline, so a hung server cannot hang us
 
 # Models the fixture scripts write, by expected state.
-READY_MODELS = {"tiny", "digits_mlp", "digits_cnn", "ignored_fields"}
+READY_MODELS = {"tiny", "digits_mlp", "digits_cnn", "ignored_fields",
+                "digits_mlp_int8", "digits_mlp_dynamic", "digits_cnn_int8", "digits_cnn_bf16"}
 BROKEN_MODELS = {"truncated", "bad_config", "missing_input"}
 
 # tiny version 2: y = Relu(x @ W + b2), exact in FP32 (see make_bad_models.py).
