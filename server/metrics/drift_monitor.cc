@@ -1,6 +1,7 @@
 #include "server/metrics/drift_monitor.h"
 
 #include <omp.h>
+#include <pthread.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -593,6 +594,7 @@ void DriftMonitor::Trip(size_t output, double value, size_t samples) {
 }
 
 void DriftMonitor::Run() {
+  pthread_setname_np(pthread_self(), "qs-drift");  // for top -H / ps -L
   LowerThreadPriority(options_.nice_increment);
   omp_set_num_threads(1);
   PublishLoadTimeDrift();
