@@ -232,6 +232,15 @@ absl::Status InferenceService::Enqueue(const inference::ModelInferRequest& req,
       request->deadline = std::min(request->deadline, received + absl::Microseconds(us));
     }
   }
+  auto priority = req.parameters().find("priority");
+  if (priority != req.parameters().end()) {
+    const auto& p = priority->second;
+    if (p.has_int64_param() && p.int64_param() < 0) {
+      return absl::InvalidArgumentError("parameter 'priority' must be >= 0");
+    }
+    request->priority = p.has_int64_param() ? static_cast<uint64_t>(p.int64_param())
+                                            : p.uint64_param();
+  }
   request->is_cancelled = is_cancelled;
   std::shared_ptr<const LoadedModel> model = handle.model;
   request->done = [resp, model, id = req.id(), indices = decoded->output_indices,

@@ -32,6 +32,8 @@ struct InferenceRequest {
   int64_t batch_size = 1;
   absl::Time enqueue_time;
   absl::Time deadline = absl::InfiniteFuture();
+  // The request's `priority` parameter (Triton: 1 highest; 0 = the model's default).
+  uint64_t priority = 0;
   // Polled while queued; a cancelled request completes with CANCELLED and never runs.
   std::function<bool()> is_cancelled;
   // Called exactly once, on a worker thread (or the enqueuing thread for rejections

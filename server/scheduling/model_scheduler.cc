@@ -53,6 +53,8 @@ ModelScheduler::ModelScheduler(std::shared_ptr<const void> owner, const Session*
       max_queue_size_(config.dynamic_batching().default_queue_policy().max_queue_size()),
       default_timeout_(absl::Microseconds(
           config.dynamic_batching().default_queue_policy().default_timeout_microseconds())),
+      priority_levels_(config.dynamic_batching().priority_levels()),
+      default_priority_level_(config.dynamic_batching().default_priority_level()),
       options_(options) {
   for (int p : config.dynamic_batching().preferred_batch_size()) {
     if (p > 0 && p <= std::max(1, max_batch_size_)) preferred_.push_back(p);
@@ -104,7 +106,21 @@ absl::Status ModelScheduler::Enqueue(std::unique_ptr<InferenceRequest> request) 
     return absl::UnavailableError(
         absl::StrCat("exceeds maximum queue size (", max_queue_size_, ")"));
   }
-  queue_.push_back(std::move(request));
+  if (priority_levels_ == 0) {
+    queue_.push_back(std::move(request));
+  } else {
+    // Triton's priority levels: 1 is served first; FIFO within a level. The level is
+    // clamped into 1..priority_levels; 0 means the model's default level.
+    auto level = [this](uint64_t p) {
+      if (p == 0) p = default_priority_level_ == 0 ? priority_levels_ : default_priority_level_;
+      return std::clamp<uint64_t>(p, 1, priority_levels_);
+    };
+    request->priority = level(request->priority);
+    auto pos = std::find_if(queue_.begin(), queue_.end(), [&](const auto& q) {
+      return q->priority > request->priority;
+    });
+    queue_.insert(pos, std::move(request));
+  }
   if (options_.observer) options_.observer->OnQueueDepth(static_cast<int64_t>(queue_.size()));
   return absl::OkStatus();
 }

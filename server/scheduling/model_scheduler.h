@@ -95,6 +95,8 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
   const absl::Duration max_queue_delay_;
   const uint32_t max_queue_size_;
   const absl::Duration default_timeout_;
+  const uint64_t priority_levels_;         // 0: one FIFO queue
+  const uint64_t default_priority_level_;  // used for priority 0
   SchedulerOptions options_;
   ModelStats stats_;
 

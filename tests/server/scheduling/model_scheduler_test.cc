@@ -1,0 +1,128 @@
+// The dynamic batcher's ordering: priority levels (Triton's semantics) and FIFO within
+// a level. The worker is held inside the first request's completion callback (which
+// runs on the worker thread), so the queue's order is observed without any sleep.
+#include "server/scheduling/model_scheduler.h"
+
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "engine/session.h"
+#include "gtest/gtest.h"
+#include "onnx/onnx_pb.h"
+
+namespace qs {
+namespace {
+
+onnx::ModelProto ReluModel() {
+  onnx::ModelProto m;
+  m.set_ir_version(8);
+  m.add_opset_import()->set_version(13);
+  auto* g = m.mutable_graph();
+  g->set_name("relu");
+  auto* n = g->add_node();
+  n->set_op_type("Relu");
+  n->add_input("x");
+  n->add_output("y");
+  for (auto* vi : {g->add_input(), g->add_output()}) {
+    vi->set_name(vi == &g->input(0) ? "x" : "y");
+    auto* tt = vi->mutable_type()->mutable_tensor_type();
+    tt->set_elem_type(onnx::TensorProto::FLOAT);
+    tt->mutable_shape()->add_dim()->set_dim_param("batch");
+    tt->mutable_shape()->add_dim()->set_dim_value(4);
+  }
+  return m;
+}
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = Session::Compile(ReluModel(), CompileOptions{});
+    ASSERT_TRUE(s.ok()) << s.status();
+    session_ = std::shared_ptr<Session>(std::move(*s));
+  }
+
+  std::unique_ptr<InferenceRequest> Request(int id, uint64_t priority,
+                                            std::function<void()> on_done) {
+    auto r = std::make_unique<InferenceRequest>();
+    Tensor x(DataType::kFloat32, {1, 4});
+    x.data<float>()[0] = static_cast<float>(id);
+    r->inputs = {x};
+    r->priority = priority;
+    r->enqueue_time = absl::Now();
+    r->done = [this, id, on_done](absl::Status st, InferenceResult res) {
+      EXPECT_TRUE(st.ok()) << st;
+      EXPECT_EQ(res.outputs[0].data<float>()[0], static_cast<float>(id));
+      {
+        absl::MutexLock lock(&mu_);
+        order_.push_back(id);
+      }
+      if (on_done) on_done();
+    };
+    return r;
+  }
+
+  std::shared_ptr<Session> session_;
+  absl::Mutex mu_;
+  std::vector<int> order_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(SchedulerTest, HigherPriorityLevelsRunFirstFifoWithinALevel) {
+  inference::ModelConfig config;
+  config.set_max_batch_size(1);  // one request per execution: the order is visible
+  config.mutable_dynamic_batching()->set_priority_levels(3);
+  config.mutable_dynamic_batching()->set_default_priority_level(2);
+  WorkerTracker tracker;
+  SchedulerOptions options;
+  options.tracker = &tracker;
+  auto sched = ModelScheduler::Start(session_, session_.get(), config, options);
+  ASSERT_TRUE(sched.ok()) << sched.status();
+
+  absl::Notification first_running, release;
+  ASSERT_TRUE((*sched)
+                  ->Enqueue(Request(1, 0, [&] {
+                    first_running.Notify();
+                    release.WaitForNotification();
+                  }))
+                  .ok());
+  first_running.WaitForNotification();  // the worker is inside request 1's callback
+  ASSERT_TRUE((*sched)->Enqueue(Request(2, 3, nullptr)).ok());  // lowest level
+  ASSERT_TRUE((*sched)->Enqueue(Request(3, 0, nullptr)).ok());  // default: level 2
+  ASSERT_TRUE((*sched)->Enqueue(Request(4, 1, nullptr)).ok());  // highest
+  ASSERT_TRUE((*sched)->Enqueue(Request(5, 2, nullptr)).ok());  // level 2, after 3
+  ASSERT_TRUE((*sched)->Enqueue(Request(6, 99, nullptr)).ok());  // clamped to 3, after 2
+  release.Notify();
+  (*sched)->Retire();
+  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+  absl::MutexLock lock(&mu_);
+  EXPECT_EQ(order_, (std::vector<int>{1, 4, 3, 5, 2, 6}));
+}
+
+TEST_F(SchedulerTest, WithoutLevelsTheQueueIsFifo) {
+  inference::ModelConfig config;
+  config.set_max_batch_size(1);
+  WorkerTracker tracker;
+  SchedulerOptions options;
+  options.tracker = &tracker;
+  auto sched = ModelScheduler::Start(session_, session_.get(), config, options);
+  ASSERT_TRUE(sched.ok()) << sched.status();
+  absl::Notification first_running, release;
+  ASSERT_TRUE((*sched)
+                  ->Enqueue(Request(1, 0, [&] {
+                    first_running.Notify();
+                    release.WaitForNotification();
+                  }))
+                  .ok());
+  first_running.WaitForNotification();
+  ASSERT_TRUE((*sched)->Enqueue(Request(2, 3, nullptr)).ok());
+  ASSERT_TRUE((*sched)->Enqueue(Request(3, 1, nullptr)).ok());
+  release.Notify();
+  (*sched)->Retire();
+  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+  absl::MutexLock lock(&mu_);
+  EXPECT_EQ(order_, (std::vector<int>{1, 2, 3}));
+}
+
+}  // namespace
+}  // namespace qs
