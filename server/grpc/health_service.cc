@@ -13,9 +13,12 @@ grpc::ServerUnaryReactor* HealthService::Check(
                                  "unknown service '" + service + "'"));
     return reactor;
   }
-  response->set_status(state_->live() && !state_->draining()
-                           ? grpc::health::v1::HealthCheckResponse::SERVING
-                           : grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  // "" is liveness (Triton's semantics); the named service is readiness, so a
+  // Kubernetes readiness probe on it keeps traffic away until the start-up loads finish.
+  const bool serving = service.empty() ? state_->live() && !state_->draining()
+                                       : state_->ready();
+  response->set_status(serving ? grpc::health::v1::HealthCheckResponse::SERVING
+                               : grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -1,7 +1,7 @@
-// grpc.health.v1.Health: Check answers SERVING while the server is live and not
-// draining (Triton's semantics: liveness), NOT_SERVING otherwise. Service names: "" and
-// "inference.GRPCInferenceService"; any other name is NOT_FOUND, as the health protocol
-// specifies. Watch is not implemented (Kubernetes and grpc_health_probe use Check).
+// grpc.health.v1.Health: Check for service "" answers SERVING while the server is live
+// and not draining (Triton's semantics: liveness); for "inference.GRPCInferenceService"
+// it answers readiness (start-up loads done, not draining). Any other name is
+// NOT_FOUND, as the health protocol specifies. Watch is not implemented (Kubernetes and grpc_health_probe use Check).
 #ifndef QUANTSERVE_SERVER_GRPC_HEALTH_SERVICE_H_
 #define QUANTSERVE_SERVER_GRPC_HEALTH_SERVICE_H_
 

@@ -6,9 +6,11 @@
 #
 # Usage: tests/deploy/container_test.sh [--probe-binary PATH] [--load-binary PATH]
 # Environment:
-#   QS_CONTAINER_TEST=1     required: the image build compiles the whole tree inside the
-#                           container (~20-30 min on 2 cores the first time), so the test
-#                           is opt-in; without it the script exits 77 (ctest: skipped).
+#   QS_CONTAINER_TEST=1     required: the image build installs the Debian packages and
+#                           compiles the whole tree inside the container (measured on 2
+#                           cores: 4-7 min, plus ~1 min for the base image the first time;
+#                           ~3 GB of disk), so the test is opt-in; without it the script
+#                           exits 77 (ctest: skipped).
 #   QS_CONTAINER_ENGINE     podman | docker (default: the first that works).
 #   QS_IMAGE                tag to build (default localhost/quantserve:container-test).
 #   QS_BUILD_JOBS           parallel compile jobs inside the build stage (default nproc).
@@ -41,7 +43,7 @@ skip() { log "SKIP: $*"; exit 77; }
 fail() { log "FAIL: $*"; exit 1; }
 
 if [[ "${QS_CONTAINER_TEST:-0}" != 1 ]]; then
-  skip "opt-in: set QS_CONTAINER_TEST=1 (builds the image from scratch, tens of minutes)"
+  skip "opt-in: set QS_CONTAINER_TEST=1 (builds the image: several minutes, ~3 GB of disk)"
 fi
 
 work="$(mktemp -d /var/tmp/qs-container-test.XXXXXX)"
