@@ -21,13 +21,15 @@ pair() {  # model precision ort_model batch threads [extra quantserve-bench flag
   echo "== $m $p vs $(basename "$o") batch $b threads $t"
   (cd "$bench" && /usr/bin/python3 paired_bench.py --qs-bench "$qs" --model "models/$m.onnx" \
       --precision "$p" --ort-model "$o" --batch "$b" --threads "$t" --rounds "$rounds" \
-      ${1:+--qs-extra "$@"} | tail -3)
+      ${1:+"--qs-extra=$*"} | tail -3)
 }
-for m in resnet50 mobilenet_v2 bert_tiny_like; do
-  for b in 1 8; do pair $m fp32 models/$m.onnx $b 2; done
-done
+if [[ "${SKIP_FP32:-0}" != 1 ]]; then
+  for m in resnet50 mobilenet_v2 bert_tiny_like; do
+    for b in 1 8; do pair $m fp32 models/$m.onnx $b 2; done
+  done
+fi
 for m in resnet18 resnet50 mobilenet_v2; do
-  pair $m int8 models/$m.int8static.onnx 8 2 --calibration "$calib/$m"
+  pair $m int8 models/$m.int8static.onnx 8 2 "--calibration=$calib/$m"
 done
 pair bert_tiny_like dynamic_range models/bert_tiny_like.int8dyn.onnx 8 2
 
