@@ -5,6 +5,8 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/log.h"
 #include "server/daemon.h"
@@ -17,6 +19,14 @@ int main(int argc, char** argv) {
   // Debian's Abseil is built without NDEBUG: its mutex deadlock detection would cost
   // every lock in gRPC ~14% of server CPU (see docs/architecture.md).
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  // --help lists the daemon's own flags (abseil's default shows only flags defined in
+  // main.cc, and ours live in server/daemon_flags.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "server/");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Serves ONNX models over KServe v2 gRPC, quantized on load.\n"
       "Usage: quantserve --model-repository=DIR [flags]");

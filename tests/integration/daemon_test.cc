@@ -285,6 +285,22 @@ TEST_F(DaemonTest, ModelStatisticsCountsInferences) {
   EXPECT_GE(s.inference_stats().success().ns(), s.inference_stats().compute_infer().ns());
 }
 
+TEST(DaemonFlagsTest, HelpListsEveryFlagWithItsDefault) {
+  FILE* p = popen((kBinary + " --help 2>&1").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  pclose(p);
+  for (const char* flag : {"model_repository", "grpc_address", "grpc_port", "metrics_port",
+                           "model_control_mode", "load_model", "repository_poll_secs",
+                           "exit_timeout_secs", "log_verbose", "grpc_max_message_bytes"}) {
+    EXPECT_NE(out.find(std::string("--") + flag), std::string::npos) << flag << "\n" << out;
+  }
+  EXPECT_NE(out.find("default: 8001"), std::string::npos) << out;
+}
+
 // Last: stops the daemon and checks the clean exit.
 TEST_F(DaemonTest, ZzSigtermExitsCleanly) {
   EXPECT_EQ(daemon_->Stop(SIGTERM), 0) << daemon_->log();
