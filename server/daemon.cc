@@ -1,5 +1,7 @@
 #include "server/daemon.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <string>
 #include <thread>
@@ -170,7 +172,10 @@ absl::Status Daemon::Start() {
         auto warmup = BuildWarmupSets(*model, model->model_dir());
         if (!warmup.ok()) return warmup.status();
         so.warmup = *std::move(warmup);
-        return ModelScheduler::Start(model, &model->session(), model->config(), so);
+        auto started = ModelScheduler::Start(model, &model->session(), model->config(), so);
+        // Warmup ran every batch bucket once; hand the freed activations back to the OS.
+        malloc_trim(0);
+        return started;
       });
 
   // Serve health and metadata while models load: liveness first, readiness later.

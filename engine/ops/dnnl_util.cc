@@ -129,8 +129,11 @@ dnnl::memory WrapTensor(const dnnl::memory::desc& md, const Tensor& t,
 
 dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md,
                                 DnnlResources* dnnl) const {
-  if (packed_md == user_md_) return WrapTensor(user_md_, weights_, dnnl->engine);
   std::lock_guard<std::mutex> lock(mu_);
+  if (packed_md == user_md_ && weights_.defined()) {
+    wrapped_ = true;  // a plan now points into weights_: it must stay
+    return WrapTensor(user_md_, weights_, dnnl->engine);
+  }
   for (const Entry& e : packed_) {
     if (e.md == packed_md) {
       return dnnl::memory(packed_md, dnnl->engine,
@@ -141,11 +144,17 @@ dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md,
   Tensor buffer = Tensor::Uninitialized(
       DataType::kUInt8,
       {static_cast<int64_t>(std::max<size_t>(packed_md.get_size(), 1))});
-  dnnl::memory src = WrapTensor(user_md_, weights_, dnnl->engine);
+  // The unpacked copy, or (once released) the first packed one: oneDNN reorders
+  // between any two layouts of the same tensor.
+  dnnl::memory src = weights_.defined()
+                         ? WrapTensor(user_md_, weights_, dnnl->engine)
+                         : dnnl::memory(packed_.front().md, dnnl->engine,
+                                        const_cast<void*>(packed_.front().buffer.raw_data()));
   dnnl::memory dst(packed_md, dnnl->engine, buffer.raw_data());
   dnnl::reorder(src, dst).execute(dnnl->stream, src, dst);
   dnnl->stream.wait();
   packed_.push_back({packed_md, buffer});
+  if (release_unpacked_ && !wrapped_) weights_ = Tensor();
   return dst;
 }
 

@@ -105,7 +105,15 @@ class PackedWeights {
  public:
   // `weights` is the constant in its ONNX layout, described by `user_md`.
   PackedWeights(Tensor weights, dnnl::memory::desc user_md)
-      : weights_(std::move(weights)), user_md_(std::move(user_md)) {}
+      : weights_(std::move(weights)), user_md_(std::move(user_md)),
+        bytes_(static_cast<int64_t>(weights_.byte_size())) {}
+
+  // After the first packing, drop the unpacked copy (later layouts are reordered from
+  // the first packed one). For kernels that never read tensor() at run time: halves
+  // the weight memory of quantized models.
+  void release_unpacked_after_first_pack() { release_unpacked_ = true; }
+  // Bytes of the weights in their user layout (valid after the release too).
+  int64_t byte_size() const { return bytes_; }
 
   const Tensor& tensor() const { return weights_; }
   const dnnl::memory::desc& user_desc() const { return user_md_; }
@@ -119,8 +127,11 @@ class PackedWeights {
     dnnl::memory::desc md;
     Tensor buffer;  // owns the packed bytes (64-byte aligned)
   };
-  Tensor weights_;
+  mutable Tensor weights_;  // guarded by mu_ once packing starts
   dnnl::memory::desc user_md_;
+  int64_t bytes_ = 0;
+  bool release_unpacked_ = false;
+  mutable bool wrapped_ = false;  // guarded by mu_
   mutable std::mutex mu_;
   mutable std::vector<Entry> packed_;  // guarded by mu_; a handful of layouts at most
 };

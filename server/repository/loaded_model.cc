@@ -1,5 +1,6 @@
 #include "server/repository/loaded_model.h"
 
+#include <malloc.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -273,6 +274,10 @@ absl::StatusOr<std::shared_ptr<LoadedModel>> LoadedModel::Load(ModelLoadRequest 
   model->config_ = std::move(request.config);
   model->session_ = *std::move(session);
   model->load_duration_ = absl::Now() - start;
+  // Calibration and the precision report allocate (and free) the FP32 plan and every
+  // activation of a calibration batch; glibc keeps those pages unless asked to return
+  // them, which would make a quantized model look bigger than its FP32 original.
+  malloc_trim(0);
   model->calibration_samples_ = samples;
   model->calibration_duration_ = samples > 0 ? compile_duration : absl::ZeroDuration();
   const PlanStats stats = model->session_->stats();
