@@ -7,60 +7,13 @@
 #include <utility>
 
 #include "engine/ops/registry.h"
+#include "engine/ops/type_dispatch.h"
 #include "engine/status_macros.h"
 
 namespace qs {
 namespace {
 
 using FactoryResult = absl::StatusOr<std::unique_ptr<Kernel>>;
-
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-bool IsHalf(DataType t) {
-  return t == DataType::kFloat16 || t == DataType::kBFloat16;
-}
-
-// Calls f(Tag<T>()) for the ten plain numeric types; false for anything else.
-template <typename F>
-bool VisitNumeric(DataType t, F&& f) {
-  switch (t) {
-    case DataType::kFloat32:
-      f(Tag<float>());
-      return true;
-    case DataType::kFloat64:
-      f(Tag<double>());
-      return true;
-    case DataType::kInt8:
-      f(Tag<int8_t>());
-      return true;
-    case DataType::kInt16:
-      f(Tag<int16_t>());
-      return true;
-    case DataType::kInt32:
-      f(Tag<int32_t>());
-      return true;
-    case DataType::kInt64:
-      f(Tag<int64_t>());
-      return true;
-    case DataType::kUInt8:
-      f(Tag<uint8_t>());
-      return true;
-    case DataType::kUInt16:
-      f(Tag<uint16_t>());
-      return true;
-    case DataType::kUInt32:
-      f(Tag<uint32_t>());
-      return true;
-    case DataType::kUInt64:
-      f(Tag<uint64_t>());
-      return true;
-    default:
-      return false;
-  }
-}
 
 absl::StatusOr<int64_t> NormalizeAxis(int64_t axis, int64_t rank) {
   if (axis < -rank || axis >= rank) {

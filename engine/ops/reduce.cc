@@ -14,53 +14,11 @@
 #include <type_traits>
 
 #include "engine/ops/registry.h"
+#include "engine/ops/type_dispatch.h"
 #include "engine/status_macros.h"
 
 namespace qs {
 namespace {
-
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-template <typename F>
-bool VisitNumeric(DataType t, F&& f) {
-  switch (t) {
-    case DataType::kFloat32:
-      f(Tag<float>());
-      return true;
-    case DataType::kFloat64:
-      f(Tag<double>());
-      return true;
-    case DataType::kInt8:
-      f(Tag<int8_t>());
-      return true;
-    case DataType::kInt16:
-      f(Tag<int16_t>());
-      return true;
-    case DataType::kInt32:
-      f(Tag<int32_t>());
-      return true;
-    case DataType::kInt64:
-      f(Tag<int64_t>());
-      return true;
-    case DataType::kUInt8:
-      f(Tag<uint8_t>());
-      return true;
-    case DataType::kUInt16:
-      f(Tag<uint16_t>());
-      return true;
-    case DataType::kUInt32:
-      f(Tag<uint32_t>());
-      return true;
-    case DataType::kUInt64:
-      f(Tag<uint64_t>());
-      return true;
-    default:
-      return false;
-  }
-}
 
 enum class ReduceKind {
   kSum,
