@@ -56,6 +56,7 @@ struct Common {
   // in their input quantization (kOutMinAttr/kOutMaxAttr), so they skip quantizing.
   bool u8_out = false;
   QuantParams out;
+  bool bf16_out = false;  // BF16 conv whose consumers all take bf16
 };
 
 absl::StatusOr<Common> ParseCommon(const Node& node) {
@@ -63,6 +64,7 @@ absl::StatusOr<Common> ParseCommon(const Node& node) {
   QS_ASSIGN_OR_RETURN(c.mode, ParseMode(node));
   QS_ASSIGN_OR_RETURN(c.fused, ParseFusedActivation(node));
   c.fused_sum = node.attrs.GetInt(kFusedSumAttr, 0) != 0;
+  c.bf16_out = c.mode == Mode::kBf16 && !c.fused_sum && node.attrs.GetInt(kOutBf16Attr, 0) != 0;
   if (c.mode == Mode::kStatic) {
     if (!node.attrs.Has(kActMinAttr) || !node.attrs.Has(kActMaxAttr)) {
       return NodeError(node, "static INT8 needs a calibrated activation range");
@@ -163,7 +165,9 @@ QuantParams PrepareSource(const Common& c, const Tensor& x, State* state) {
 void Execute(const Common& c, Plan* plan, const Tensor& x, const QuantParams& p,
              State* state, Tensor* y, DnnlResources* dnnl) {
   std::unordered_map<int, memory> args;
-  if (c.mode == Mode::kBf16) {
+  if (c.mode == Mode::kBf16 && x.dtype() == DataType::kBFloat16) {
+    plan->src.set_data_handle(const_cast<void*>(x.raw_data()));  // chained: already bf16
+  } else if (c.mode == Mode::kBf16) {
     plan->src_f32.set_data_handle(const_cast<void*>(x.raw_data()));
     plan->to_bf16.execute(dnnl->stream, plan->src_f32, plan->src);
   } else if (x.dtype() == DataType::kUInt8) {
@@ -242,7 +246,12 @@ class ReducedConvKernel : public Kernel {
     const bool chained = xin != nullptr && xin->dtype() == DataType::kUInt8 &&
                          c_.mode == Mode::kStatic &&
                          (xin->layout() == Layout::kChannelsLast || LayoutIsTrivial(xin->shape()));
-    if (xin == nullptr || (xin->dtype() != DataType::kFloat32 && !chained) ||
+    const bool chained_bf16 = xin != nullptr && xin->dtype() == DataType::kBFloat16 &&
+                              c_.mode == Mode::kBf16 &&
+                              (xin->layout() == Layout::kChannelsLast ||
+                               LayoutIsTrivial(xin->shape()));
+    if (xin == nullptr ||
+        (xin->dtype() != DataType::kFloat32 && !chained && !chained_bf16) ||
         xin->rank() != 4) {
       return RunError("expected an FP32 rank-4 input");
     }
@@ -251,10 +260,12 @@ class ReducedConvKernel : public Kernel {
     }
     const Tensor x = ToChannelsLast(*xin);
     auto* state = static_cast<State*>(ctx.state);
-    Plan* plan = state->plans.Find(x.shape());
+    Shape key = x.shape();
+    key.push_back(static_cast<int64_t>(x.dtype()));
+    Plan* plan = state->plans.Find(key);
     if (plan == nullptr) {
       QS_ASSIGN_OR_RETURN(auto built, Build(x.shape(), ctx.dnnl));
-      plan = state->plans.Insert(x.shape(), std::move(built));
+      plan = state->plans.Insert(std::move(key), std::move(built));
     }
     const QuantParams p = PrepareSource(c_, x, state);
     Tensor y;
@@ -268,7 +279,9 @@ class ReducedConvKernel : public Kernel {
       y = ToChannelsLast(*r);
       if (y.raw_data() == r->raw_data()) y = y.Clone();
     } else {
-      y = Tensor::Uninitialized(c_.u8_out ? DataType::kUInt8 : DataType::kFloat32,
+      y = Tensor::Uninitialized(c_.u8_out     ? DataType::kUInt8
+                                : c_.bf16_out ? DataType::kBFloat16
+                                              : DataType::kFloat32,
                                 plan->out_shape);
     }
     y.set_layout(Layout::kChannelsLast);
@@ -288,7 +301,7 @@ class ReducedConvKernel : public Kernel {
     const dt w_dt = c_.mode == Mode::kBf16 ? dt::bf16 : dt::s8;
     const memory::desc src_md = ChannelsLastDesc(x, src_dt);
     const memory::desc dst_md =
-        ChannelsLastDesc(plan->out_shape, c_.u8_out ? dt::u8 : dt::f32);
+        ChannelsLastDesc(plan->out_shape, c_.u8_out ? dt::u8 : c_.bf16_out ? dt::bf16 : dt::f32);
     memory::dims wdims;
     if (group_ > 1) wdims = {group_, oc / group_, w_shape_[1], w_shape_[2], w_shape_[3]};
     else wdims = {oc, w_shape_[1], w_shape_[2], w_shape_[3]};

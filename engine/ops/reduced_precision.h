@@ -18,6 +18,8 @@ inline constexpr char kActMaxAttr[] = "qs_act_max";
 // range), set by the precision pass when every consumer is a static INT8 conv.
 inline constexpr char kOutMinAttr[] = "qs_out_min";
 inline constexpr char kOutMaxAttr[] = "qs_out_max";
+// BF16 conv: write the output as bf16 (every consumer is a BF16 conv).
+inline constexpr char kOutBf16Attr[] = "qs_out_bf16";
 
 // Registry key of the reduced-precision variant of `op_type`.
 inline std::string ReducedPrecisionKey(const std::string& op_type) {

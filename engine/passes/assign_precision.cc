@@ -52,13 +52,16 @@ bool DefaultExcluded(const Node& node, const Graph& graph,
   return false;
 }
 
-bool IsStaticConv(const Node& n) {
-  return n.op_type == "Conv" && n.attrs.GetString(kPrecisionAttr, "") == kPrecisionStatic;
+bool IsConvAt(const Node& n, const char* precision) {
+  return n.op_type == "Conv" && n.attrs.GetString(kPrecisionAttr, "") == precision;
 }
 
-// Marks static convs whose output feeds only static convs (as their input 0, with the
-// same calibrated range): they write u8 and the consumers skip quantizing it.
-void ChainInt8Convs(Graph* graph) {
+// Convs at `precision` (static INT8 or BF16) whose output feeds only convs at the same
+// precision, as their input 0: they write the consumers' input type directly (u8 in
+// the consumers' calibrated quantization, or bf16), so the consumers skip converting.
+// For BF16 this is numerically identical (the consumer would round to bf16 anyway).
+void ChainConvs(Graph* graph, const char* precision) {
+  const bool int8 = std::string(precision) == kPrecisionStatic;
   absl::flat_hash_set<std::string> graph_outputs;
   for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
   absl::flat_hash_map<std::string, std::vector<std::pair<size_t, size_t>>> readers;
@@ -67,7 +70,7 @@ void ChainInt8Convs(Graph* graph) {
     for (size_t k = 0; k < ins.size(); ++k) readers[ins[k]].push_back({i, k});
   }
   for (Node& node : graph->nodes) {
-    if (!IsStaticConv(node) || node.attrs.Has(kFusedSumAttr) ||
+    if (!IsConvAt(node, precision) || node.attrs.Has(kFusedSumAttr) ||
         graph_outputs.count(node.outputs[0])) {
       continue;
     }
@@ -77,8 +80,8 @@ void ChainInt8Convs(Graph* graph) {
     float lo = 0, hi = 0;
     for (size_t j = 0; ok && j < rs.size(); ++j) {
       const Node& c = graph->nodes[rs[j].first];
-      ok = IsStaticConv(c) && rs[j].second == 0;
-      if (!ok) break;
+      ok = IsConvAt(c, precision) && rs[j].second == 0;
+      if (!ok || !int8) continue;
       const float clo = c.attrs.GetFloat(kActMinAttr, 0.f), chi = c.attrs.GetFloat(kActMaxAttr, 0.f);
       if (j == 0) {
         lo = clo;
@@ -88,6 +91,14 @@ void ChainInt8Convs(Graph* graph) {
       }
     }
     if (!ok) continue;
+    if (!int8) {
+      onnx::AttributeProto a;
+      a.set_name(kOutBf16Attr);
+      a.set_type(onnx::AttributeProto::INT);
+      a.set_i(1);
+      node.attrs.Set(a);
+      continue;
+    }
     onnx::AttributeProto a, b;
     a.set_name(kOutMinAttr);
     a.set_type(onnx::AttributeProto::FLOAT);
@@ -142,7 +153,8 @@ absl::Status AssignPrecision(const CompileOptions& options,
     }
     node.attrs.Set(a);
   }
-  if (options.precision == Precision::kInt8) ChainInt8Convs(graph);
+  if (options.precision == Precision::kInt8) ChainConvs(graph, kPrecisionStatic);
+  if (options.precision == Precision::kBF16) ChainConvs(graph, kPrecisionBf16);
   return absl::OkStatus();
 }
 
