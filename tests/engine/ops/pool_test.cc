@@ -10,73 +10,17 @@
 #include "engine/graph.h"
 #include "engine/session.h"
 #include "gtest/gtest.h"
+#include "tests/engine/ops/model_builder.h"
 #include "onnx/onnx_pb.h"
 
 namespace qs {
 namespace {
 
-// ---- model building ----------------------------------------------------------------
-
-class ModelBuilder {
- public:
-  explicit ModelBuilder(int64_t opset = 13) {
-    model_.set_ir_version(8);
-    auto* op = model_.add_opset_import();
-    op->set_domain("");
-    op->set_version(opset);
-  }
-  void Input(const std::string& name, const Shape& shape,
-             int32_t type = onnx::TensorProto::FLOAT) {
-    auto* vi = model_.mutable_graph()->add_input();
-    vi->set_name(name);
-    auto* tt = vi->mutable_type()->mutable_tensor_type();
-    tt->set_elem_type(type);
-    for (int64_t d : shape) {  // -1: a symbolic (run-time) dimension
-      auto* dim = tt->mutable_shape()->add_dim();
-      if (d < 0) {
-        dim->set_dim_param("dyn");
-      } else {
-        dim->set_dim_value(d);
-      }
-    }
-  }
-  void Output(const std::string& name, int32_t type = onnx::TensorProto::FLOAT) {
-    auto* vi = model_.mutable_graph()->add_output();
-    vi->set_name(name);
-    vi->mutable_type()->mutable_tensor_type()->set_elem_type(type);
-  }
-  onnx::NodeProto* Node(const std::string& op, std::vector<std::string> inputs,
-                        std::vector<std::string> outputs) {
-    auto* n = model_.mutable_graph()->add_node();
-    n->set_op_type(op);
-    n->set_name(op + "_" + std::to_string(model_.graph().node_size()));
-    for (auto& i : inputs) n->add_input(i);
-    for (auto& o : outputs) n->add_output(o);
-    return n;
-  }
-  const onnx::ModelProto& model() const { return model_; }
-
- private:
-  onnx::ModelProto model_;
-};
-
-void SetInts(onnx::NodeProto* n, const std::string& name, std::vector<int64_t> v) {
-  auto* a = n->add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INTS);
-  for (int64_t x : v) a->add_ints(x);
-}
 void SetInt(onnx::NodeProto* n, const std::string& name, int64_t v) {
   auto* a = n->add_attribute();
   a->set_name(name);
   a->set_type(onnx::AttributeProto::INT);
   a->set_i(v);
-}
-void SetString(onnx::NodeProto* n, const std::string& name, const std::string& v) {
-  auto* a = n->add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::STRING);
-  a->set_s(v);
 }
 
 // Distinct values (so that max positions are unique).
