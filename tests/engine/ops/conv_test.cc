@@ -32,13 +32,13 @@ Tensor Filled(const Shape& shape, int seed) {
   return t;
 }
 
-std::vector<Tensor> RunModel(const onnx::ModelProto& model,
-                             const std::vector<Tensor>& inputs,
-                             int64_t* num_nodes = nullptr) {
+// RunModel that also reports how many kernels the plan kept (fusion checks).
+std::vector<Tensor> RunCountingNodes(const onnx::ModelProto& model,
+                                     const std::vector<Tensor>& inputs, int64_t* num_nodes) {
   auto session = Session::Compile(model, CompileOptions());
   EXPECT_TRUE(session.ok()) << session.status();
   if (!session.ok()) return {};
-  if (num_nodes != nullptr) *num_nodes = (*session)->stats().num_nodes;
+  *num_nodes = (*session)->stats().num_nodes;
   auto ctx = (*session)->NewContext();
   std::vector<Tensor> out;
   absl::Status st = (*session)->Run(ctx.get(), inputs, &out);
@@ -366,7 +366,7 @@ TEST(ConvFusionTest, ReluIsFoldedIntoConv) {
   mb.Node("Relu", {"c"}, {"y"});
   mb.Output("y");
   int64_t nodes = 0;
-  auto out = RunModel(mb.model(), {x}, &nodes);
+  auto out = RunCountingNodes(mb.model(), {x}, &nodes);
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(nodes, 1);
   ExpectNear(out[0], Clipped(NaiveConv2d(x, w, &b, Conv2dSpec()), 0.f, INFINITY));
@@ -388,7 +388,7 @@ TEST(ConvFusionTest, Relu6ClipIsFoldedIntoConv) {
   mb.Node("Clip", {"c", "lo", "hi"}, {"y"});
   mb.Output("y");
   int64_t nodes = 0;
-  auto out = RunModel(mb.model(), {x}, &nodes);
+  auto out = RunCountingNodes(mb.model(), {x}, &nodes);
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(nodes, 1);
   Tensor want = Clipped(NaiveConv2d(x, w, nullptr, Conv2dSpec()), 0.f, 6.f);
@@ -408,7 +408,7 @@ TEST(ConvFusionTest, NotFusedWhenConvOutputIsAlsoAGraphOutput) {
   mb.Output("c");
   mb.Output("y");
   int64_t nodes = 0;
-  auto out = RunModel(mb.model(), {x}, &nodes);
+  auto out = RunCountingNodes(mb.model(), {x}, &nodes);
   ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(nodes, 2);
   Tensor conv = NaiveConv2d(x, w, nullptr, Conv2dSpec());

@@ -1,13 +1,16 @@
-// Builds small ONNX models in C++ for the op tests: graph inputs (-1 = a symbolic
-// dimension), outputs, initializers and nodes.
+// Builds small ONNX models in C++ for the op tests (graph inputs, -1 = a symbolic
+// dimension; outputs, initializers and nodes) and runs them.
 #ifndef QUANTSERVE_TESTS_ENGINE_OPS_MODEL_BUILDER_H_
 #define QUANTSERVE_TESTS_ENGINE_OPS_MODEL_BUILDER_H_
 
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "engine/graph.h"
+#include "engine/session.h"
 #include "engine/tensor.h"
+#include "gtest/gtest.h"
 #include "onnx/onnx_pb.h"
 
 namespace qs {
@@ -57,6 +60,26 @@ class ModelBuilder {
  private:
   onnx::ModelProto model_;
 };
+
+// Compiles `model` (FP32) and runs it once on a fresh context.
+inline absl::StatusOr<std::vector<Tensor>> TryRun(const onnx::ModelProto& model,
+                                                  const std::vector<Tensor>& inputs) {
+  auto session = Session::Compile(model, CompileOptions());
+  if (!session.ok()) return session.status();
+  auto ctx = (*session)->NewContext();
+  std::vector<Tensor> out;
+  absl::Status st = (*session)->Run(ctx.get(), inputs, &out);
+  if (!st.ok()) return st;
+  return out;
+}
+
+// TryRun that fails the current test on an error.
+inline std::vector<Tensor> RunModel(const onnx::ModelProto& model,
+                                    const std::vector<Tensor>& inputs) {
+  auto out = TryRun(model, inputs);
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? *out : std::vector<Tensor>();
+}
 
 // Node attributes.
 inline void SetInt(onnx::NodeProto* n, const std::string& name, int64_t v) {

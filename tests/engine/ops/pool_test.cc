@@ -32,24 +32,6 @@ Tensor Ramp(const Shape& shape) {
   return t;
 }
 
-absl::StatusOr<std::vector<Tensor>> TryRun(const onnx::ModelProto& model,
-                                           const std::vector<Tensor>& inputs) {
-  auto session = Session::Compile(model, CompileOptions());
-  if (!session.ok()) return session.status();
-  auto ctx = (*session)->NewContext();
-  std::vector<Tensor> out;
-  absl::Status st = (*session)->Run(ctx.get(), inputs, &out);
-  if (!st.ok()) return st;
-  return out;
-}
-
-std::vector<Tensor> RunModel(const onnx::ModelProto& model,
-                             const std::vector<Tensor>& inputs) {
-  auto out = TryRun(model, inputs);
-  EXPECT_TRUE(out.ok()) << out.status();
-  return out.ok() ? *out : std::vector<Tensor>();
-}
-
 void ExpectNear(const Tensor& got, const Tensor& want) {
   ASSERT_EQ(ShapeToString(got.shape()), ShapeToString(want.shape()));
   for (int64_t i = 0; i < want.num_elements(); ++i) {
