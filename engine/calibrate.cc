@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/layout.h"
 #include "engine/log.h"
+#include "engine/ops/dnnl_util.h"
 #include "engine/ops/reduced_precision.h"
 #include "engine/passes/passes.h"
 #include "engine/quantize/calibration.h"
@@ -50,7 +51,16 @@ absl::StatusOr<std::vector<NodeRange>> CalibrateRanges(
   const size_t n = graph.nodes.size();
   std::vector<bool> candidate(n);
   for (size_t i = 0; i < n; ++i) candidate[i] = IsReducedPrecisionCandidate(graph.nodes[i], graph);
-  std::vector<RangeCollector> collectors(n);
+  std::vector<bool> has_residual(n);
+  for (size_t i = 0; i < n; ++i) {
+    has_residual[i] = candidate[i] && graph.nodes[i].attrs.GetInt(kFusedSumAttr, 0) != 0;
+  }
+  std::vector<RangeCollector> collectors(n), residual_collectors(n);
+  auto observe = [](int pass, const Tensor* t, RangeCollector* c) {
+    if (t == nullptr || t->dtype() != DataType::kFloat32) return;
+    if (pass == 0) c->ObserveRange(t->data<float>(), t->num_elements());
+    else c->ObserveHistogram(t->data<float>(), t->num_elements());
+  };
   const auto method = static_cast<CalibrationMethod>(options.calibration_method);
   const int passes = method == CalibrationMethod::kMinMax ? 1 : 2;
   for (int pass = 0; pass < passes; ++pass) {
@@ -58,15 +68,10 @@ absl::StatusOr<std::vector<NodeRange>> CalibrateRanges(
       absl::Status st = RunWithTap(
           fp32, batch,
           [&](size_t node, const std::vector<const Tensor*>& ins, const std::vector<Tensor>&) {
-            if (!candidate[node] || ins.empty() || ins[0] == nullptr ||
-                ins[0]->dtype() != DataType::kFloat32) {
-              return;
-            }
-            const Tensor& x = *ins[0];
-            if (pass == 0) {
-              collectors[node].ObserveRange(x.data<float>(), x.num_elements());
-            } else {
-              collectors[node].ObserveHistogram(x.data<float>(), x.num_elements());
+            if (!candidate[node] || ins.empty()) return;
+            observe(pass, ins[0], &collectors[node]);
+            if (has_residual[node] && ins.size() > 3) {
+              observe(pass, ins[3], &residual_collectors[node]);
             }
           });
       if (!st.ok()) return st;
@@ -78,6 +83,11 @@ absl::StatusOr<std::vector<NodeRange>> CalibrateRanges(
     ranges[i].valid = true;
     collectors[i].Range(method, options.calibration_percentile, &ranges[i].min,
                         &ranges[i].max);
+    if (has_residual[i]) {
+      ranges[i].residual_valid = true;
+      residual_collectors[i].Range(method, options.calibration_percentile,
+                                   &ranges[i].residual_min, &ranges[i].residual_max);
+    }
   }
   return ranges;
 }
@@ -111,11 +121,23 @@ absl::StatusOr<std::vector<NodePrecision>> PrecisionReport(const Session& fp32,
   st = RunWithTap(
       reduced, inputs,
       [&](size_t node, const std::vector<const Tensor*>&, const std::vector<Tensor>& outs) {
-        if (outs.empty() || !reference[node].defined() ||
-            outs[0].dtype() != DataType::kFloat32) {
-          return;
+        if (outs.empty() || !reference[node].defined()) return;
+        Tensor got = ToPlain(outs[0]);
+        const Node& gn = graph.nodes[node];
+        if (got.dtype() == DataType::kUInt8 && gn.attrs.Has(kOutMinAttr)) {
+          // A chained INT8 conv: compare its u8 output in real units.
+          const QuantParams q = ComputeU8Params(gn.attrs.GetFloat(kOutMinAttr, 0.f),
+                                                gn.attrs.GetFloat(kOutMaxAttr, 0.f));
+          Tensor f = Tensor::Uninitialized(DataType::kFloat32, got.shape());
+          DequantizeU8(got.data<uint8_t>(), got.num_elements(), q.scale, q.zero_point,
+                       f.data<float>());
+          got = std::move(f);
+        } else if (got.dtype() == DataType::kBFloat16) {
+          absl::StatusOr<Tensor> f = CastTensor(got, DataType::kFloat32);
+          if (!f.ok()) return;
+          got = *std::move(f);
         }
-        const Tensor got = ToPlain(outs[0]);
+        if (got.dtype() != DataType::kFloat32) return;
         if (got.num_elements() != reference[node].num_elements()) return;
         report[node].sqnr_db = SqnrDb(reference[node].data<float>(), got.data<float>(),
                                       got.num_elements());

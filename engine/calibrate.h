@@ -11,17 +11,21 @@
 
 namespace qs {
 
-// Calibrated range of one node's input 0 (valid only for candidates).
+// Calibrated range of one node's input 0 (valid only for candidates), and of its fused
+// residual (input 3 of a Conv with a fused sum).
 struct NodeRange {
   bool valid = false;
   float min = 0.f, max = 0.f;
+  bool residual_valid = false;
+  float residual_min = 0.f, residual_max = 0.f;
 };
 
 // Random inputs for the declared inputs (floats N(0,1), integers 0; free dims 1).
 std::vector<Tensor> RandomInputs(const std::vector<ValueInfo>& inputs);
 
 // Runs `data` through `fp32` (a plan of `graph`) and returns, per graph node, the
-// calibrated range of input 0 of every reduced-precision candidate. Two passes for the
+// calibrated range of input 0 (and of a fused residual) of every reduced-precision
+// candidate. Two passes for the
 // histogram methods. Errors: a batch that does not fit the model (InvalidArgument).
 absl::StatusOr<std::vector<NodeRange>> CalibrateRanges(
     const Session& fp32, const std::vector<std::vector<Tensor>>& data,

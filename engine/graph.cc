@@ -53,6 +53,38 @@ const onnx::TensorProto* Attributes::GetTensor(const std::string& name) const {
   return (a && a->has_t()) ? &a->t() : nullptr;
 }
 
+void Attributes::SetInt(const std::string& name, int64_t v) {
+  onnx::AttributeProto a;
+  a.set_name(name);
+  a.set_type(onnx::AttributeProto::INT);
+  a.set_i(v);
+  Set(a);
+}
+
+void Attributes::SetFloat(const std::string& name, float v) {
+  onnx::AttributeProto a;
+  a.set_name(name);
+  a.set_type(onnx::AttributeProto::FLOAT);
+  a.set_f(v);
+  Set(a);
+}
+
+void Attributes::SetString(const std::string& name, const std::string& v) {
+  onnx::AttributeProto a;
+  a.set_name(name);
+  a.set_type(onnx::AttributeProto::STRING);
+  a.set_s(v);
+  Set(a);
+}
+
+void Attributes::SetFloats(const std::string& name, const std::vector<float>& v) {
+  onnx::AttributeProto a;
+  a.set_name(name);
+  a.set_type(onnx::AttributeProto::FLOATS);
+  for (float f : v) a.add_floats(f);
+  Set(a);
+}
+
 std::vector<std::string> Attributes::Names() const {
   std::vector<std::string> names;
   for (const auto& [k, v] : attrs_) names.push_back(k);

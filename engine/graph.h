@@ -45,6 +45,10 @@ class Attributes {
   // Adds or replaces the attribute named attr.name(). For graph passes that annotate
   // nodes (e.g. a fused activation); kernels only read.
   void Set(const onnx::AttributeProto& attr) { attrs_[attr.name()] = attr; }
+  void SetInt(const std::string& name, int64_t v);
+  void SetFloat(const std::string& name, float v);
+  void SetString(const std::string& name, const std::string& v);
+  void SetFloats(const std::string& name, const std::vector<float>& v);
 
  private:
   std::map<std::string, onnx::AttributeProto> attrs_;

@@ -1,5 +1,6 @@
 #include "engine/session.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -24,6 +25,10 @@ struct PlannedNode {
   std::vector<int> inputs;   // slot per input, -1 for omitted
   std::vector<int> outputs;  // slot per output, -1 for omitted
   std::vector<int> release;  // slots whose last use is this node
+  // Per input: its value dies here and no other input of this node reads it, so the
+  // kernel may take its buffer over (KernelRunContext::donated) when nothing outside
+  // the session holds it.
+  std::vector<bool> donatable;
 };
 
 struct Session::Plan {
@@ -212,6 +217,15 @@ absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildPlan(
   for (int s = 0; s < plan->num_slots; ++s) {
     if (!keep[s] && last_use[s] >= 0) plan->nodes[last_use[s]].release.push_back(s);
   }
+  for (size_t i = 0; i < plan->nodes.size(); ++i) {
+    PlannedNode& pn = plan->nodes[i];
+    pn.donatable.assign(pn.inputs.size(), false);
+    for (size_t k = 0; k < pn.inputs.size(); ++k) {
+      const int s = pn.inputs[k];
+      if (s < 0 || keep[s] || last_use[s] != static_cast<int>(i)) continue;
+      pn.donatable[k] = std::count(pn.inputs.begin(), pn.inputs.end(), s) == 1;
+    }
+  }
   plan->stats.num_nodes = static_cast<int64_t>(plan->nodes.size());
   return plan;
 }
@@ -303,6 +317,7 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
   // need plain inputs.
   std::vector<Tensor> plain_copies(plan.num_slots);
   std::vector<const Tensor*> in_ptrs;
+  std::vector<Tensor*> donated;
   std::vector<Tensor> outs;
   for (size_t n = 0; n < plan.nodes.size(); ++n) {
     const PlannedNode& node = plan.nodes[n];
@@ -312,9 +327,21 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
     }
     const bool channels_last_through = PrepareLayouts(*node.kernel, node.inputs, slots,
                                                       &plain_copies, &in_ptrs);
+    // Donate only the session's sole handle (a graph input is shared with the caller,
+    // a plain copy is not the slot); a tap must see the inputs after the run.
+    donated.assign(node.inputs.size(), nullptr);
+    int64_t donated_bytes = 0;
+    for (size_t k = 0; k < node.inputs.size() && !ctx->tap_; ++k) {
+      const int s = node.inputs[k];
+      if (node.donatable[k] && in_ptrs[k] == &slots[s] && slots[s].unique()) {
+        donated[k] = &slots[s];
+        donated_bytes += static_cast<int64_t>(slots[s].byte_size());
+      }
+    }
     outs.assign(node.outputs.size(), Tensor());
     KernelRunContext kctx;
     kctx.inputs = in_ptrs;
+    kctx.donated = donated;
     kctx.outputs = &outs;
     kctx.state = ctx->impl_->states[n].get();
     kctx.dnnl = &ctx->impl_->dnnl;
@@ -342,6 +369,11 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
       }
     }
     if (ctx->tap_) ctx->tap_(n, in_ptrs, outs);
+    // A taken-over buffer now lives on as an output: stop counting it as the input.
+    live_bytes -= donated_bytes;
+    for (Tensor* d : donated) {
+      if (d != nullptr && d->defined()) live_bytes += static_cast<int64_t>(d->byte_size());
+    }
     for (size_t o = 0; o < node.outputs.size(); ++o) {
       if (node.outputs[o] < 0) continue;
       live_bytes += static_cast<int64_t>(outs[o].byte_size());

@@ -158,8 +158,12 @@ class ConvKernel : public Kernel {
         return RunError("fused residual does not match the output ",
                         ShapeToString(plan->out_shape));
       }
-      y = ToChannelsLast(*r);
-      if (y.raw_data() == r->raw_data()) y = y.Clone();
+      const bool nhwc = r->layout() == Layout::kChannelsLast || LayoutIsTrivial(r->shape());
+      y = nhwc ? ctx.TakeInput(3) : Tensor();
+      if (!y.defined()) {
+        y = ToChannelsLast(*r);
+        if (y.raw_data() == r->raw_data()) y = y.Clone();
+      }
       y.set_layout(Layout::kChannelsLast);
     } else {
       y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);

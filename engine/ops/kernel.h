@@ -47,8 +47,19 @@ struct KernelRunContext {
   KernelState* state = nullptr;  // from NewState(), may be nullptr
   DnnlResources* dnnl = nullptr;
 
+  // Per input, the session's own handle when this node is the value's last reader and
+  // nothing else holds its buffer; nullptr otherwise. A kernel may move from it to
+  // reuse the buffer (e.g. accumulate its output in place); inputs[i] then points at an
+  // empty tensor. May be empty (no input donated).
+  absl::Span<Tensor* const> donated;
+
   const Tensor* input(size_t i) const {
     return i < inputs.size() ? inputs[i] : nullptr;
+  }
+  // Takes over input i's buffer when it is donated; an undefined tensor otherwise.
+  Tensor TakeInput(size_t i) const {
+    if (i >= donated.size() || donated[i] == nullptr) return Tensor();
+    return std::move(*donated[i]);
   }
   size_t num_inputs() const { return inputs.size(); }
 };

@@ -57,6 +57,10 @@ struct Common {
   bool u8_out = false;
   QuantParams out;
   bool bf16_out = false;  // BF16 conv whose consumers all take bf16
+  // Static conv with a fused residual: the residual's u8 quantization, when its
+  // producer writes it as u8 (kResMinAttr/kResMaxAttr).
+  bool res_u8 = false;
+  QuantParams res;
 };
 
 absl::StatusOr<Common> ParseCommon(const Node& node) {
@@ -71,7 +75,12 @@ absl::StatusOr<Common> ParseCommon(const Node& node) {
     }
     c.act = ComputeU8Params(node.attrs.GetFloat(kActMinAttr, 0.f),
                             node.attrs.GetFloat(kActMaxAttr, 0.f));
-    if (node.attrs.Has(kOutMinAttr) && node.attrs.Has(kOutMaxAttr) && !c.fused_sum) {
+    if (c.fused_sum && node.attrs.Has(kResMinAttr) && node.attrs.Has(kResMaxAttr)) {
+      c.res_u8 = true;
+      c.res = ComputeU8Params(node.attrs.GetFloat(kResMinAttr, 0.f),
+                              node.attrs.GetFloat(kResMaxAttr, 0.f));
+    }
+    if (node.attrs.Has(kOutMinAttr) && node.attrs.Has(kOutMaxAttr)) {
       c.u8_out = true;
       c.out = ComputeU8Params(node.attrs.GetFloat(kOutMinAttr, 0.f),
                               node.attrs.GetFloat(kOutMaxAttr, 0.f));
@@ -105,8 +114,9 @@ struct State : KernelState {
 // Builds the attr shared by conv and matmul: output scales over `scale_mask`, the
 // src zero point, and the post-ops chain (act scale, bias, activation). `rank` is the
 // dst rank; the per-channel axis is 1.
+// `residual_u8`: a fused residual arrives as u8 (conv with c.fused_sum only).
 dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scales,
-                              int64_t channels, int rank, Plan* plan) {
+                              int64_t channels, int rank, bool residual_u8, Plan* plan) {
   dnnl::primitive_attr attr;
   dnnl::post_ops po;
   int index = 0;
@@ -133,7 +143,17 @@ dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scale
                      memory::desc(bdims, dt::f32, PlainFormatTag(rank)));
     plan->bias_post_op = index++;
   }
-  if (c.fused_sum) po.append_sum(1.f);
+  if (c.fused_sum) {
+    // dst starts as the residual in dst's own type (see ReducedConvKernel::Run). A u8
+    // residual in a u8 dst keeps its own quantization: the sum rescales it.
+    if (c.u8_out && residual_u8) {
+      po.append_sum(c.res.scale / c.out.scale, c.res.zero_point);
+    } else if (c.u8_out) {
+      po.append_sum(1.f, c.out.zero_point);
+    } else {
+      po.append_sum(1.f);
+    }
+  }
   AppendActivation(c.fused, &po);
   attr.set_post_ops(po);
   return attr;
@@ -260,24 +280,28 @@ class ReducedConvKernel : public Kernel {
     }
     const Tensor x = ToChannelsLast(*xin);
     auto* state = static_cast<State*>(ctx.state);
+    const Tensor* r = c_.fused_sum ? ctx.input(3) : nullptr;
+    const bool residual_u8 = r != nullptr && r->dtype() == DataType::kUInt8;
+    if (c_.fused_sum &&
+        (r == nullptr || (r->dtype() != DataType::kFloat32 && !(residual_u8 && c_.res_u8)))) {
+      return RunError("fused residual must be FP32", c_.res_u8 ? " or u8" : "");
+    }
     Shape key = x.shape();
     key.push_back(static_cast<int64_t>(x.dtype()));
+    key.push_back(residual_u8 ? 1 : 0);
     Plan* plan = state->plans.Find(key);
     if (plan == nullptr) {
-      QS_ASSIGN_OR_RETURN(auto built, Build(x.shape(), ctx.dnnl));
+      QS_ASSIGN_OR_RETURN(auto built, Build(x.shape(), residual_u8, ctx.dnnl));
       plan = state->plans.Insert(std::move(key), std::move(built));
     }
     const QuantParams p = PrepareSource(c_, x, state);
     Tensor y;
     if (c_.fused_sum) {
-      // The sum post-op accumulates into dst: start it as the other addend.
-      const Tensor* r = ctx.input(3);
-      if (r == nullptr || r->shape() != plan->out_shape || r->dtype() != DataType::kFloat32) {
-        return RunError("fused residual does not match the output ",
-                        ShapeToString(plan->out_shape));
+      if (r->shape() != plan->out_shape) {
+        return RunError("fused residual ", ShapeToString(r->shape()),
+                        " does not match the output ", ShapeToString(plan->out_shape));
       }
-      y = ToChannelsLast(*r);
-      if (y.raw_data() == r->raw_data()) y = y.Clone();
+      QS_ASSIGN_OR_RETURN(y, StartFromResidual(ctx, *r));
     } else {
       y = Tensor::Uninitialized(c_.u8_out     ? DataType::kUInt8
                                 : c_.bf16_out ? DataType::kBFloat16
@@ -291,7 +315,33 @@ class ReducedConvKernel : public Kernel {
   }
 
  private:
-  absl::StatusOr<std::unique_ptr<Plan>> Build(const Shape& x, DnnlResources* dnnl) const {
+  // The sum post-op accumulates into dst: dst starts as the residual `r`, in dst's
+  // type. The residual's buffer is reused when the session donates it and its type
+  // matches; otherwise it is copied, (de)quantizing when the types differ.
+  absl::StatusOr<Tensor> StartFromResidual(KernelRunContext& ctx, const Tensor& r) const {
+    const DataType dst_type = c_.u8_out ? DataType::kUInt8 : DataType::kFloat32;
+    const bool nhwc = r.layout() == Layout::kChannelsLast || LayoutIsTrivial(r.shape());
+    if (r.dtype() == dst_type) {
+      Tensor y = nhwc ? ctx.TakeInput(3) : Tensor();
+      if (!y.defined()) {
+        y = ToChannelsLast(r);
+        if (y.raw_data() == r.raw_data()) y = y.Clone();
+      }
+      return y;
+    }
+    const Tensor src = ToChannelsLast(r);
+    Tensor y = Tensor::Uninitialized(dst_type, r.shape());
+    const int64_t n = r.num_elements();
+    if (dst_type == DataType::kUInt8) {
+      QuantizeU8(src.data<float>(), n, c_.out.scale, c_.out.zero_point, y.data<uint8_t>());
+    } else {
+      DequantizeU8(src.data<uint8_t>(), n, c_.res.scale, c_.res.zero_point, y.data<float>());
+    }
+    return y;
+  }
+
+  absl::StatusOr<std::unique_ptr<Plan>> Build(const Shape& x, bool residual_u8,
+                                              DnnlResources* dnnl) const {
     std::vector<int64_t> out_sp, pb, pe;
     QS_RETURN_IF_ERROR(geo_.Resolve({x[2], x[3]}, &out_sp, &pb, &pe));
     auto plan = std::make_unique<Plan>();
@@ -306,7 +356,7 @@ class ReducedConvKernel : public Kernel {
     if (group_ > 1) wdims = {group_, oc / group_, w_shape_[1], w_shape_[2], w_shape_[3]};
     else wdims = {oc, w_shape_[1], w_shape_[2], w_shape_[3]};
     const memory::desc w_md(wdims, w_dt, memory::format_tag::any);
-    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, oc, 4, plan.get());
+    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, oc, 4, residual_u8, plan.get());
     const memory::dims strides(geo_.strides.begin(), geo_.strides.end());
     memory::dims dil = {geo_.dilations[0] - 1, geo_.dilations[1] - 1};
     const memory::dims pad_l(pb.begin(), pb.end()), pad_r(pe.begin(), pe.end());
@@ -424,7 +474,7 @@ class ReducedMatMulKernel : public Kernel {
     const memory::desc src_md({m, k_}, src_dt, memory::format_tag::ab);
     const memory::desc dst_md({m, n_}, dt::f32, memory::format_tag::ab);
     const memory::desc w_md({k_, n_}, w_dt, memory::format_tag::any);
-    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, n_, 2, plan.get());
+    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, n_, 2, false, plan.get());
     const dnnl::engine& eng = dnnl->engine;
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, dst_md), attr, eng);
     plan->prim = dnnl::matmul(pd);

@@ -18,6 +18,10 @@ inline constexpr char kActMaxAttr[] = "qs_act_max";
 // range), set by the precision pass when every consumer is a static INT8 conv.
 inline constexpr char kOutMinAttr[] = "qs_out_min";
 inline constexpr char kOutMaxAttr[] = "qs_out_max";
+// Static conv with a fused residual (input 3) that arrives as u8: its quantization range
+// (the range its producer writes it in), set by the precision pass.
+inline constexpr char kResMinAttr[] = "qs_res_min";
+inline constexpr char kResMaxAttr[] = "qs_res_max";
 // BF16 conv: write the output as bf16 (every consumer is a BF16 conv).
 inline constexpr char kOutBf16Attr[] = "qs_out_bf16";
 

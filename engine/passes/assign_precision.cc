@@ -1,4 +1,6 @@
+#include <optional>
 #include <unordered_set>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -57,10 +59,13 @@ bool IsConvAt(const Node& n, const char* precision) {
 }
 
 // Convs at `precision` (static INT8 or BF16) whose output feeds only convs at the same
-// precision, as their input 0: they write the consumers' input type directly (u8 in
-// the consumers' calibrated quantization, or bf16), so the consumers skip converting.
-// For BF16 this is numerically identical (the consumer would round to bf16 anyway).
-void ChainConvs(Graph* graph, const char* precision) {
+// precision: they write the consumers' input type directly (u8, or bf16), so the
+// consumers skip converting. For BF16 this is numerically identical (the consumer would
+// round to bf16 anyway) and only input 0 qualifies. For INT8 the u8 tensor is quantized
+// over its consumers' calibrated input range, and a consumer may also read it as its
+// fused residual (input 3): then the residual stream of a ResNet stays u8 from block to
+// block, and the consumer is told the residual's quantization (kResMinAttr/MaxAttr).
+void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange>& ranges) {
   const bool int8 = std::string(precision) == kPrecisionStatic;
   absl::flat_hash_set<std::string> graph_outputs;
   for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
@@ -70,44 +75,47 @@ void ChainConvs(Graph* graph, const char* precision) {
     for (size_t k = 0; k < ins.size(); ++k) readers[ins[k]].push_back({i, k});
   }
   for (Node& node : graph->nodes) {
-    if (!IsConvAt(node, precision) || node.attrs.Has(kFusedSumAttr) ||
+    if (!IsConvAt(node, precision) || (!int8 && node.attrs.Has(kFusedSumAttr)) ||
         graph_outputs.count(node.outputs[0])) {
       continue;
     }
     const auto& rs = readers[node.outputs[0]];
     if (rs.empty()) continue;
     bool ok = true;
-    float lo = 0, hi = 0;
-    for (size_t j = 0; ok && j < rs.size(); ++j) {
-      const Node& c = graph->nodes[rs[j].first];
-      ok = IsConvAt(c, precision) && rs[j].second == 0;
+    // Input-0 readers calibrated this very tensor, so their ranges agree; the range
+    // seen as a residual (same tensor, same data) serves when there is no such reader.
+    std::optional<std::pair<float, float>> input_range, residual_range;
+    for (const auto& [reader, k] : rs) {
+      const Node& c = graph->nodes[reader];
+      const bool as_residual = int8 && k == 3 && c.attrs.Has(kFusedSumAttr);
+      ok = IsConvAt(c, precision) && (k == 0 || as_residual);
       if (!ok || !int8) continue;
-      const float clo = c.attrs.GetFloat(kActMinAttr, 0.f), chi = c.attrs.GetFloat(kActMaxAttr, 0.f);
-      if (j == 0) {
-        lo = clo;
-        hi = chi;
+      if (k == 0) {
+        const std::pair<float, float> r(c.attrs.GetFloat(kActMinAttr, 0.f),
+                                        c.attrs.GetFloat(kActMaxAttr, 0.f));
+        ok = !input_range || *input_range == r;
+        input_range = r;
       } else {
-        ok = clo == lo && chi == hi;
+        ok = reader < ranges.size() && ranges[reader].residual_valid;
+        if (ok && !residual_range) {
+          residual_range = {ranges[reader].residual_min, ranges[reader].residual_max};
+        }
       }
+      if (!ok) break;
     }
     if (!ok) continue;
     if (!int8) {
-      onnx::AttributeProto a;
-      a.set_name(kOutBf16Attr);
-      a.set_type(onnx::AttributeProto::INT);
-      a.set_i(1);
-      node.attrs.Set(a);
+      node.attrs.SetInt(kOutBf16Attr, 1);
       continue;
     }
-    onnx::AttributeProto a, b;
-    a.set_name(kOutMinAttr);
-    a.set_type(onnx::AttributeProto::FLOAT);
-    a.set_f(lo);
-    b.set_name(kOutMaxAttr);
-    b.set_type(onnx::AttributeProto::FLOAT);
-    b.set_f(hi);
-    node.attrs.Set(a);
-    node.attrs.Set(b);
+    const auto [lo, hi] = input_range ? *input_range : *residual_range;
+    node.attrs.SetFloat(kOutMinAttr, lo);
+    node.attrs.SetFloat(kOutMaxAttr, hi);
+    for (const auto& [reader, k] : rs) {
+      if (k != 3) continue;
+      graph->nodes[reader].attrs.SetFloat(kResMinAttr, lo);
+      graph->nodes[reader].attrs.SetFloat(kResMaxAttr, hi);
+    }
   }
 }
 
@@ -135,26 +143,15 @@ absl::Status AssignPrecision(const CompileOptions& options,
     if (ex_ops.count(node.op_type) || ex_nodes.count(node.name)) continue;
     if (!options.disable_default_exclusions && DefaultExcluded(node, *graph, graph_outputs))
       continue;
-    onnx::AttributeProto a;
-    a.set_name(kPrecisionAttr);
-    a.set_type(onnx::AttributeProto::STRING);
-    a.set_s(value);
     if (options.precision == Precision::kInt8) {
       if (i >= ranges.size() || !ranges[i].valid) continue;
-      onnx::AttributeProto lo, hi;
-      lo.set_name(kActMinAttr);
-      lo.set_type(onnx::AttributeProto::FLOAT);
-      lo.set_f(ranges[i].min);
-      hi.set_name(kActMaxAttr);
-      hi.set_type(onnx::AttributeProto::FLOAT);
-      hi.set_f(ranges[i].max);
-      node.attrs.Set(lo);
-      node.attrs.Set(hi);
+      node.attrs.SetFloat(kActMinAttr, ranges[i].min);
+      node.attrs.SetFloat(kActMaxAttr, ranges[i].max);
     }
-    node.attrs.Set(a);
+    node.attrs.SetString(kPrecisionAttr, value);
   }
-  if (options.precision == Precision::kInt8) ChainConvs(graph, kPrecisionStatic);
-  if (options.precision == Precision::kBF16) ChainConvs(graph, kPrecisionBf16);
+  if (options.precision == Precision::kInt8) ChainConvs(graph, kPrecisionStatic, ranges);
+  if (options.precision == Precision::kBF16) ChainConvs(graph, kPrecisionBf16, ranges);
   return absl::OkStatus();
 }
 

@@ -158,14 +158,6 @@ bool RequantizesExactly(const Node& node, const Tensor& q, const Tensor& w) {
                     r.values.data<int8_t>());
 }
 
-void SetFloat(Node* n, const char* name, float v) {
-  onnx::AttributeProto a;
-  a.set_name(name);
-  a.set_type(onnx::AttributeProto::FLOAT);
-  a.set_f(v);
-  n->attrs.Set(a);
-}
-
 bool IsStaticConv(const Node& n) {
   return n.op_type == "Conv" && n.attrs.GetString(kPrecisionAttr, "") == kPrecisionStatic;
 }
@@ -208,8 +200,8 @@ void ChainQdqConvs(Graph* graph) {
       }
     }
     if (!ok) continue;
-    SetFloat(&node, kOutMinAttr, lo);
-    SetFloat(&node, kOutMaxAttr, hi);
+    node.attrs.SetFloat(kOutMinAttr, lo);
+    node.attrs.SetFloat(kOutMaxAttr, hi);
   }
 }
 
@@ -283,13 +275,9 @@ absl::Status FoldQdqIntoReducedPrecision(Graph* graph) {
     const bool u8 = qp->type == DataType::kUInt8;
     const float qmin = u8 ? 0.f : -128.f, qmax = u8 ? 255.f : 127.f;
     node.inputs[0] = q->inputs[0];
-    onnx::AttributeProto p;
-    p.set_name(kPrecisionAttr);
-    p.set_type(onnx::AttributeProto::STRING);
-    p.set_s(kPrecisionStatic);
-    node.attrs.Set(p);
-    SetFloat(&node, kActMinAttr, (qmin - static_cast<float>(qp->zero_point)) * qp->scale);
-    SetFloat(&node, kActMaxAttr, (qmax - static_cast<float>(qp->zero_point)) * qp->scale);
+    node.attrs.SetString(kPrecisionAttr, kPrecisionStatic);
+    node.attrs.SetFloat(kActMinAttr, (qmin - static_cast<float>(qp->zero_point)) * qp->scale);
+    node.attrs.SetFloat(kActMaxAttr, (qmax - static_cast<float>(qp->zero_point)) * qp->scale);
   }
 
   std::vector<Node> kept;

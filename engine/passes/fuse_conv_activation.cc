@@ -56,18 +56,10 @@ bool AsFusedActivation(const Graph& g, const Node& act, FusedActivation* out) {
 }
 
 void Annotate(const FusedActivation& act, Node* conv) {
-  onnx::AttributeProto kind;
-  kind.set_name(kFusedActivationAttr);
-  kind.set_type(onnx::AttributeProto::STRING);
-  kind.set_s(act.kind == FusedActivation::Kind::kRelu ? "Relu" : "Clip");
-  conv->attrs.Set(kind);
+  conv->attrs.SetString(kFusedActivationAttr,
+                        act.kind == FusedActivation::Kind::kRelu ? "Relu" : "Clip");
   if (act.kind == FusedActivation::Kind::kClip) {
-    onnx::AttributeProto params;
-    params.set_name(kFusedActivationParamsAttr);
-    params.set_type(onnx::AttributeProto::FLOATS);
-    params.add_floats(act.lo);
-    params.add_floats(act.hi);
-    conv->attrs.Set(params);
+    conv->attrs.SetFloats(kFusedActivationParamsAttr, {act.lo, act.hi});
   }
 }
 

@@ -47,11 +47,7 @@ absl::Status FuseConvAdd(Graph* graph) {
       const Shape& s = a->second.shape;
       if (s[1] <= 0 || s[2] <= 0 || s[3] <= 0) continue;
       Node fused = conv;
-      onnx::AttributeProto attr;
-      attr.set_name(kFusedSumAttr);
-      attr.set_type(onnx::AttributeProto::INT);
-      attr.set_i(1);
-      fused.attrs.Set(attr);
+      fused.attrs.SetInt(kFusedSumAttr, 1);
       fused.inputs.resize(3);  // keep an omitted bias as ""
       fused.inputs.push_back(other);
       fused.outputs[0] = add.outputs[0];

@@ -151,6 +151,10 @@ void QuantizeU8(const float* x, int64_t n, float scale, int32_t zero_point, uint
   }
 }
 
+void DequantizeU8(const uint8_t* q, int64_t n, float scale, int32_t zero_point, float* x) {
+  for (int64_t i = 0; i < n; ++i) x[i] = scale * static_cast<float>(q[i] - zero_point);
+}
+
 double SqnrDb(const float* ref, const float* approx, int64_t n) {
   double signal = 0, noise = 0;
   for (int64_t i = 0; i < n; ++i) {

@@ -39,6 +39,8 @@ void MinMax(const float* x, int64_t n, float* min, float* max);
 
 // q[i] = clamp(round_half_even(x[i] / scale) + zp, 0, 255).
 void QuantizeU8(const float* x, int64_t n, float scale, int32_t zero_point, uint8_t* q);
+// x[i] = scale * (q[i] - zero_point).
+void DequantizeU8(const uint8_t* q, int64_t n, float scale, int32_t zero_point, float* x);
 
 // Signal-to-quantization-noise ratio in dB of `approx` against `ref`:
 // 10 log10(sum ref^2 / sum (ref - approx)^2); +inf when they are equal.

@@ -1,0 +1,135 @@
+// INT8 convs chained in u8, residuals included: a small residual network compiled at
+// INT8 (calibrated on the evaluation input, so only rounding remains) must match the
+// FP32 plan of the same model, and the chained tensors must really travel as u8.
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/onnx_import.h"
+#include "engine/session.h"
+#include "engine/tensor.h"
+#include "gtest/gtest.h"
+#include "tests/engine/ops/model_builder.h"
+
+namespace qs {
+namespace {
+
+Tensor Gaussian(const Shape& shape, float stddev, int seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.f, stddev);
+  Tensor t(DataType::kFloat32, shape);
+  for (int64_t i = 0; i < t.num_elements(); ++i) t.data<float>()[i] = g(rng);
+  return t;
+}
+
+// conv + bias; `pad` for 3x3 kernels.
+void AddConv(ModelBuilder* b, const std::string& x, const std::string& y, int64_t in,
+             int64_t out, int64_t k, int seed) {
+  const std::string w = y + "_w", bias = y + "_b";
+  b->Constant(w, Gaussian({out, in, k, k}, std::sqrt(2.f / (in * k * k)), seed));
+  b->Constant(bias, Gaussian({out}, 0.1f, seed + 1));
+  auto* n = b->Node("Conv", {x, w, bias}, {y});
+  n->set_name(y);
+  SetInts(n, "pads", {k / 2, k / 2, k / 2, k / 2});
+}
+
+// x -A-> relu t1 -B(+t1)-> relu t2 -D-> d (signed, read only as a residual)
+//                               t2 -C(+d)-> relu t3 -F(+t3)-> f -E-> y (head)
+// B: u8 residual into a u8 output (same tensor as its input 0); C: a signed u8
+// residual (non-zero zero point) into a u8 output; F: a u8 residual into an FP32
+// output (its reader E, the graph-output head, stays FP32).
+onnx::ModelProto ResidualNet() {
+  ModelBuilder b;
+  b.Input("x", {-1, 8, 12, 12});
+  b.Output("y");
+  AddConv(&b, "x", "a", 8, 16, 3, 10);
+  b.Node("Relu", {"a"}, {"t1"});
+  AddConv(&b, "t1", "bconv", 16, 16, 1, 20);
+  b.Node("Add", {"bconv", "t1"}, {"bsum"});
+  b.Node("Relu", {"bsum"}, {"t2"});
+  AddConv(&b, "t2", "d", 16, 16, 1, 30);
+  AddConv(&b, "t2", "cconv", 16, 16, 3, 40);
+  b.Node("Add", {"cconv", "d"}, {"csum"});
+  b.Node("Relu", {"csum"}, {"t3"});
+  AddConv(&b, "t3", "fconv", 16, 16, 1, 50);
+  b.Node("Add", {"t3", "fconv"}, {"f"});
+  AddConv(&b, "f", "y", 16, 4, 1, 60);
+  return b.model();
+}
+
+struct Compared {
+  double cosine = 0, max_rel_err = 0;
+  std::vector<std::string> u8_outputs;  // nodes whose output travelled as u8
+};
+
+Compared CompileAndCompare(Precision precision) {
+  // Parsed from bytes as a model file is: that runs shape inference, which the
+  // residual fusion needs.
+  onnx::ModelProto built = ResidualNet();
+  built.mutable_graph()->set_name("residual_net");
+  auto* y_shape = built.mutable_graph()->mutable_output(0)->mutable_type()
+                      ->mutable_tensor_type()->mutable_shape();  // the checker wants one
+  y_shape->add_dim()->set_dim_param("dyn");
+  for (int64_t d : {4, 12, 12}) y_shape->add_dim()->set_dim_value(d);
+  auto parsed = ParseOnnxModel(built.SerializeAsString(), "residual_net");
+  Compared r;
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  if (!parsed.ok()) return r;
+  const onnx::ModelProto& model = *parsed;
+  const Tensor x = Gaussian({2, 8, 12, 12}, 1.f, 7);
+  auto fp32 = Session::Compile(model, CompileOptions());
+  EXPECT_TRUE(fp32.ok()) << fp32.status();
+  CompileOptions o;
+  o.precision = precision;
+  o.calibration = {{x}};
+  auto q = Session::Compile(model, o);
+  EXPECT_TRUE(q.ok()) << q.status();
+  if (!fp32.ok() || !q.ok()) return r;
+  std::vector<Tensor> want, got;
+  auto c1 = (*fp32)->NewContext();
+  EXPECT_TRUE((*fp32)->Run(c1.get(), {x}, &want).ok());
+  auto c2 = (*q)->NewContext();
+  c2->set_tap([&](size_t node, const std::vector<const Tensor*>&,
+                  const std::vector<Tensor>& outs) {
+    if (!outs.empty() && outs[0].dtype() == DataType::kUInt8) {
+      r.u8_outputs.push_back((*q)->precision_report()[node].name);
+    }
+  });
+  absl::Status st = (*q)->Run(c2.get(), {x}, &got);
+  EXPECT_TRUE(st.ok()) << st;
+  if (!st.ok()) return r;
+  const float* a = want[0].data<float>();
+  const float* b = got[0].data<float>();
+  double dot = 0, na = 0, nb = 0, amax = 0, err = 0;
+  for (int64_t i = 0; i < want[0].num_elements(); ++i) {
+    dot += double(a[i]) * b[i];
+    na += double(a[i]) * a[i];
+    nb += double(b[i]) * b[i];
+    amax = std::max(amax, std::fabs(double(a[i])));
+    err = std::max(err, std::fabs(double(a[i]) - b[i]));
+  }
+  r.cosine = dot / std::sqrt(na * nb);
+  r.max_rel_err = err / amax;
+  return r;
+}
+
+TEST(ReducedConvTest, Int8ResidualChainMatchesFp32) {
+  const Compared r = CompileAndCompare(Precision::kInt8);
+  // Five u8 requantizations in a row: each adds at most half a step of its range.
+  EXPECT_GE(r.cosine, 0.999);
+  EXPECT_LE(r.max_rel_err, 0.05);
+  // a, B (residual t1) and C (residual d) chain in u8; D writes u8 for C; F and the
+  // head write FP32.
+  EXPECT_EQ(r.u8_outputs, (std::vector<std::string>{"a", "bconv", "d", "cconv"}));
+}
+
+TEST(ReducedConvTest, DynamicRangeKeepsFp32BetweenLayers) {
+  const Compared r = CompileAndCompare(Precision::kDynamicRange);
+  EXPECT_GE(r.cosine, 0.999);
+  EXPECT_LE(r.max_rel_err, 0.05);
+  EXPECT_TRUE(r.u8_outputs.empty());
+}
+
+}  // namespace
+}  // namespace qs
