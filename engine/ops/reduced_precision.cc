@@ -68,7 +68,7 @@ absl::StatusOr<Common> ParseCommon(const Node& node) {
   QS_ASSIGN_OR_RETURN(c.mode, ParseMode(node));
   QS_ASSIGN_OR_RETURN(c.fused, ParseFusedActivation(node));
   c.fused_sum = node.attrs.GetInt(kFusedSumAttr, 0) != 0;
-  c.bf16_out = c.mode == Mode::kBf16 && !c.fused_sum && node.attrs.GetInt(kOutBf16Attr, 0) != 0;
+  c.bf16_out = c.mode == Mode::kBf16 && node.attrs.GetInt(kOutBf16Attr, 0) != 0;
   if (c.mode == Mode::kStatic) {
     if (!node.attrs.Has(kActMinAttr) || !node.attrs.Has(kActMaxAttr)) {
       return NodeError(node, "static INT8 needs a calibrated activation range");
@@ -283,8 +283,11 @@ class ReducedConvKernel : public Kernel {
     const Tensor* r = c_.fused_sum ? ctx.input(3) : nullptr;
     const bool residual_u8 = r != nullptr && r->dtype() == DataType::kUInt8;
     if (c_.fused_sum &&
-        (r == nullptr || (r->dtype() != DataType::kFloat32 && !(residual_u8 && c_.res_u8)))) {
-      return RunError("fused residual must be FP32", c_.res_u8 ? " or u8" : "");
+        (r == nullptr ||
+         !(r->dtype() == DataType::kFloat32 || (residual_u8 && c_.res_u8) ||
+           (r->dtype() == DataType::kBFloat16 && c_.mode == Mode::kBf16)))) {
+      return RunError("fused residual must be FP32",
+                      c_.res_u8 ? " or u8" : c_.mode == Mode::kBf16 ? " or BF16" : "");
     }
     Shape key = x.shape();
     key.push_back(static_cast<int64_t>(x.dtype()));
@@ -317,9 +320,12 @@ class ReducedConvKernel : public Kernel {
  private:
   // The sum post-op accumulates into dst: dst starts as the residual `r`, in dst's
   // type. The residual's buffer is reused when the session donates it and its type
-  // matches; otherwise it is copied, (de)quantizing when the types differ.
+  // matches; otherwise it is copied, converting (u8: (de)quantizing) when the types
+  // differ.
   absl::StatusOr<Tensor> StartFromResidual(KernelRunContext& ctx, const Tensor& r) const {
-    const DataType dst_type = c_.u8_out ? DataType::kUInt8 : DataType::kFloat32;
+    const DataType dst_type = c_.u8_out     ? DataType::kUInt8
+                              : c_.bf16_out ? DataType::kBFloat16
+                                            : DataType::kFloat32;
     const bool nhwc = r.layout() == Layout::kChannelsLast || LayoutIsTrivial(r.shape());
     if (r.dtype() == dst_type) {
       Tensor y = nhwc ? ctx.TakeInput(3) : Tensor();
@@ -330,6 +336,9 @@ class ReducedConvKernel : public Kernel {
       return y;
     }
     const Tensor src = ToChannelsLast(r);
+    if (dst_type == DataType::kBFloat16 || r.dtype() == DataType::kBFloat16) {
+      return CastTensor(src, dst_type);
+    }
     Tensor y = Tensor::Uninitialized(dst_type, r.shape());
     const int64_t n = r.num_elements();
     if (dst_type == DataType::kUInt8) {

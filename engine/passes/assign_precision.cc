@@ -59,12 +59,13 @@ bool IsConvAt(const Node& n, const char* precision) {
 }
 
 // Convs at `precision` (static INT8 or BF16) whose output feeds only convs at the same
-// precision: they write the consumers' input type directly (u8, or bf16), so the
-// consumers skip converting. For BF16 this is numerically identical (the consumer would
-// round to bf16 anyway) and only input 0 qualifies. For INT8 the u8 tensor is quantized
-// over its consumers' calibrated input range, and a consumer may also read it as its
-// fused residual (input 3): then the residual stream of a ResNet stays u8 from block to
-// block, and the consumer is told the residual's quantization (kResMinAttr/MaxAttr).
+// precision, as their input 0 or as their fused residual (input 3): they write the
+// consumers' input type directly (u8, or bf16), so the consumers skip converting and
+// the residual stream of a ResNet stays narrow from block to block. As input 0 this is
+// free for BF16 (the consumer would round to bf16 anyway); a residual is rounded once
+// more than in FP32. For INT8 the u8 tensor is quantized over its consumers' calibrated
+// input range (or, read only as a residual, its own calibrated range), and residual
+// readers are told that quantization (kResMinAttr/kResMaxAttr).
 void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange>& ranges) {
   const bool int8 = std::string(precision) == kPrecisionStatic;
   absl::flat_hash_set<std::string> graph_outputs;
@@ -75,8 +76,7 @@ void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange
     for (size_t k = 0; k < ins.size(); ++k) readers[ins[k]].push_back({i, k});
   }
   for (Node& node : graph->nodes) {
-    if (!IsConvAt(node, precision) || (!int8 && node.attrs.Has(kFusedSumAttr)) ||
-        graph_outputs.count(node.outputs[0])) {
+    if (!IsConvAt(node, precision) || graph_outputs.count(node.outputs[0])) {
       continue;
     }
     const auto& rs = readers[node.outputs[0]];
@@ -87,7 +87,7 @@ void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange
     std::optional<std::pair<float, float>> input_range, residual_range;
     for (const auto& [reader, k] : rs) {
       const Node& c = graph->nodes[reader];
-      const bool as_residual = int8 && k == 3 && c.attrs.Has(kFusedSumAttr);
+      const bool as_residual = k == 3 && c.attrs.Has(kFusedSumAttr);
       ok = IsConvAt(c, precision) && (k == 0 || as_residual);
       if (!ok || !int8) continue;
       if (k == 0) {

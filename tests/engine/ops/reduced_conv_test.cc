@@ -1,6 +1,7 @@
-// INT8 convs chained in u8, residuals included: a small residual network compiled at
-// INT8 (calibrated on the evaluation input, so only rounding remains) must match the
-// FP32 plan of the same model, and the chained tensors must really travel as u8.
+// INT8 and BF16 convs chained in u8 / bf16, residuals included: a small residual network
+// compiled at reduced precision (INT8 calibrated on the evaluation input, so only
+// rounding remains) must match the FP32 plan of the same model, and the chained tensors
+// must really travel narrow.
 #include <cmath>
 #include <random>
 #include <string>
@@ -60,7 +61,7 @@ onnx::ModelProto ResidualNet() {
 
 struct Compared {
   double cosine = 0, max_rel_err = 0;
-  std::vector<std::string> u8_outputs;  // nodes whose output travelled as u8
+  std::vector<std::string> narrow_outputs;  // nodes whose output travelled as u8/bf16
 };
 
 Compared CompileAndCompare(Precision precision) {
@@ -92,8 +93,8 @@ Compared CompileAndCompare(Precision precision) {
   auto c2 = (*q)->NewContext();
   c2->set_tap([&](size_t node, const std::vector<const Tensor*>&,
                   const std::vector<Tensor>& outs) {
-    if (!outs.empty() && outs[0].dtype() == DataType::kUInt8) {
-      r.u8_outputs.push_back((*q)->precision_report()[node].name);
+    if (!outs.empty() && outs[0].dtype() != DataType::kFloat32) {
+      r.narrow_outputs.push_back((*q)->precision_report()[node].name);
     }
   });
   absl::Status st = (*q)->Run(c2.get(), {x}, &got);
@@ -121,14 +122,21 @@ TEST(ReducedConvTest, Int8ResidualChainMatchesFp32) {
   EXPECT_LE(r.max_rel_err, 0.05);
   // a, B (residual t1) and C (residual d) chain in u8; D writes u8 for C; F and the
   // head write FP32.
-  EXPECT_EQ(r.u8_outputs, (std::vector<std::string>{"a", "bconv", "d", "cconv"}));
+  EXPECT_EQ(r.narrow_outputs, (std::vector<std::string>{"a", "bconv", "d", "cconv"}));
+}
+
+TEST(ReducedConvTest, Bf16ResidualChainMatchesFp32) {
+  const Compared r = CompileAndCompare(Precision::kBF16);
+  EXPECT_GE(r.cosine, 0.9999);
+  EXPECT_LE(r.max_rel_err, 0.02);
+  EXPECT_EQ(r.narrow_outputs, (std::vector<std::string>{"a", "bconv", "d", "cconv"}));
 }
 
 TEST(ReducedConvTest, DynamicRangeKeepsFp32BetweenLayers) {
   const Compared r = CompileAndCompare(Precision::kDynamicRange);
   EXPECT_GE(r.cosine, 0.999);
   EXPECT_LE(r.max_rel_err, 0.05);
-  EXPECT_TRUE(r.u8_outputs.empty());
+  EXPECT_TRUE(r.narrow_outputs.empty());
 }
 
 }  // namespace
