@@ -159,7 +159,10 @@ class PoolKernel : public Kernel {
     const Tensor* x = ctx.input(0);
     if (x == nullptr) return RunError("missing input");
     Tensor plain_x;
-    if (x->layout() == Layout::kChannelsLast && x->dtype() != DataType::kFloat32) {
+    // u8 max pooling (an INT8 chain through MaxPool) runs on oneDNN in either layout.
+    const bool u8_max = x->dtype() == DataType::kUInt8 && p_.kind == PoolKind::kMax;
+    if (x->layout() == Layout::kChannelsLast && x->dtype() != DataType::kFloat32 &&
+        !u8_max) {
       plain_x = ToPlain(*x);
       x = &plain_x;
     }
@@ -229,15 +232,17 @@ class PoolKernel : public Kernel {
       if (j >= 0 && pe[j] > declared) overhang = true;
     }
     const bool avg_include = p_.kind == PoolKind::kAvg && p_.count_include_pad;
-    plan->use_dnnl = x.dtype() == DataType::kFloat32 && !p_.want_indices &&
+    const bool u8_max = x.dtype() == DataType::kUInt8 && p_.kind == PoolKind::kMax;
+    plan->use_dnnl = (x.dtype() == DataType::kFloat32 || u8_max) && !p_.want_indices &&
                      !(avg_include && overhang) && !plan->empty;
     if (!plan->use_dnnl) return plan;
 
     const dnnl::engine& eng = dnnl->engine;
-    const dnnl::memory::desc src_md = ActivationDescOf(x);
+    const auto dt = u8_max ? dnnl::memory::data_type::u8 : dnnl::memory::data_type::f32;
+    const dnnl::memory::desc src_md = ActivationDescOf(x, dt);
     const dnnl::memory::desc dst_md = x.layout() == Layout::kChannelsLast
-                                          ? ChannelsLastDesc(plan->out_shape)
-                                          : PlainDesc(plan->out_shape);
+                                          ? ChannelsLastDesc(plan->out_shape, dt)
+                                          : PlainDesc(plan->out_shape, dt);
     const dnnl::algorithm alg = p_.kind == PoolKind::kMax ? dnnl::algorithm::pooling_max
                                 : avg_include
                                     ? dnnl::algorithm::pooling_avg_include_padding

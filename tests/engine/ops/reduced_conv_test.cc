@@ -35,7 +35,7 @@ void AddConv(ModelBuilder* b, const std::string& x, const std::string& y, int64_
   SetInts(n, "pads", {k / 2, k / 2, k / 2, k / 2});
 }
 
-// x -A-> relu t1 -B(+t1)-> relu t2 -D-> d (signed, read only as a residual)
+// x -A-> relu, maxpool t1 -B(+t1)-> relu t2 -D-> d (signed, read only as a residual)
 //                               t2 -C(+d)-> relu t3 -F(+t3)-> f -E-> y (head)
 // B: u8 residual into a u8 output (same tensor as its input 0); C: a signed u8
 // residual (non-zero zero point) into a u8 output; F: a u8 residual into an FP32
@@ -45,7 +45,11 @@ onnx::ModelProto ResidualNet() {
   b.Input("x", {-1, 8, 12, 12});
   b.Output("y");
   AddConv(&b, "x", "a", 8, 16, 3, 10);
-  b.Node("Relu", {"a"}, {"t1"});
+  b.Node("Relu", {"a"}, {"t0"});
+  auto* pool = b.Node("MaxPool", {"t0"}, {"t1"});
+  pool->set_name("pool");
+  SetInts(pool, "kernel_shape", {3, 3});
+  SetInts(pool, "pads", {1, 1, 1, 1});
   AddConv(&b, "t1", "bconv", 16, 16, 1, 20);
   b.Node("Add", {"bconv", "t1"}, {"bsum"});
   b.Node("Relu", {"bsum"}, {"t2"});
@@ -120,16 +124,18 @@ TEST(ReducedConvTest, Int8ResidualChainMatchesFp32) {
   // Five u8 requantizations in a row: each adds at most half a step of its range.
   EXPECT_GE(r.cosine, 0.999);
   EXPECT_LE(r.max_rel_err, 0.05);
-  // a, B (residual t1) and C (residual d) chain in u8; D writes u8 for C; F and the
-  // head write FP32.
-  EXPECT_EQ(r.narrow_outputs, (std::vector<std::string>{"a", "bconv", "d", "cconv"}));
+  // A (through the MaxPool), B (residual t1) and C (residual d) chain in u8; D writes
+  // u8 for C; F and the head write FP32.
+  EXPECT_EQ(r.narrow_outputs,
+            (std::vector<std::string>{"a", "pool", "bconv", "d", "cconv"}));
 }
 
 TEST(ReducedConvTest, Bf16ResidualChainMatchesFp32) {
   const Compared r = CompileAndCompare(Precision::kBF16);
   EXPECT_GE(r.cosine, 0.9999);
   EXPECT_LE(r.max_rel_err, 0.02);
-  EXPECT_EQ(r.narrow_outputs, (std::vector<std::string>{"a", "bconv", "d", "cconv"}));
+  // BF16 does not pass through the MaxPool (it runs in f32).
+  EXPECT_EQ(r.narrow_outputs, (std::vector<std::string>{"bconv", "d", "cconv"}));
 }
 
 TEST(ReducedConvTest, DynamicRangeKeepsFp32BetweenLayers) {
