@@ -6,6 +6,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/buffer_pool.h"
 #include "engine/calibrate.h"
 #include "engine/layout.h"
 #include "engine/log.h"
@@ -46,6 +47,10 @@ struct Session::Plan {
 
 struct ExecutionContext::Impl {
   DnnlResources dnnl;
+  // Activation buffers recycled across runs (see buffer_pool.h); the cap follows the
+  // largest activation set a run has needed.
+  std::shared_ptr<BufferPool> pool = BufferPool::Create(kMinPoolCap);
+  static constexpr size_t kMinPoolCap = size_t{64} << 20;
   std::vector<std::unique_ptr<KernelState>> states;  // per planned node
 };
 
@@ -288,6 +293,7 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
     return absl::InvalidArgumentError(absl::StrCat(
         "expected ", plan.inputs.size(), " inputs, got ", inputs.size()));
   }
+  BufferPool::Scope pool_scope(ctx->impl_->pool.get());
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < inputs.size(); ++i) {
     const ValueInfo& info = plan.inputs[i];
@@ -379,7 +385,11 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
       live_bytes += static_cast<int64_t>(outs[o].byte_size());
       slots[node.outputs[o]] = std::move(outs[o]);
     }
-    if (live_bytes > ctx->peak_activation_bytes_) ctx->peak_activation_bytes_ = live_bytes;
+    if (live_bytes > ctx->peak_activation_bytes_) {
+      ctx->peak_activation_bytes_ = live_bytes;
+      ctx->impl_->pool->set_max_cached_bytes(std::max(
+          ExecutionContext::Impl::kMinPoolCap, 2 * static_cast<size_t>(ctx->peak_activation_bytes_)));
+    }
     for (int s : node.release) {
       live_bytes -= static_cast<int64_t>(slots[s].byte_size());
       slots[s] = Tensor();

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/buffer_pool.h"
 
 namespace qs {
 namespace {
@@ -41,6 +42,12 @@ std::shared_ptr<void> Allocate(size_t bytes, bool zero) {
   // 64-byte alignment for AVX-512 loads and oneDNN; never a zero-size request.
   size_t rounded = ((bytes + 63) / 64) * 64;
   if (rounded == 0) rounded = 64;
+  if (BufferPool* pool = BufferPool::Current();
+      pool != nullptr && rounded >= BufferPool::kMinPooledBytes) {
+    std::shared_ptr<void> b = pool->Allocate(rounded);
+    if (zero) std::memset(b.get(), 0, rounded);
+    return b;
+  }
   void* p = std::aligned_alloc(64, rounded);
   if (p == nullptr) throw std::bad_alloc();
   if (zero) std::memset(p, 0, rounded);

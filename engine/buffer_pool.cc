@@ -1,0 +1,75 @@
+#include "engine/buffer_pool.h"
+
+#include <cstdlib>
+#include <new>
+
+namespace qs {
+namespace {
+
+thread_local BufferPool* current_pool = nullptr;
+
+// Page-rounded, so that a tensor of a slightly different shape still finds a buffer.
+size_t RoundedSize(size_t bytes) { return (bytes + 4095) / 4096 * 4096; }
+
+}  // namespace
+
+std::shared_ptr<BufferPool> BufferPool::Create(size_t max_cached_bytes) {
+  return std::shared_ptr<BufferPool>(new BufferPool(max_cached_bytes));
+}
+
+BufferPool::~BufferPool() {
+  for (auto& [size, buffers] : free_)
+    for (void* p : buffers) std::free(p);
+}
+
+std::shared_ptr<void> BufferPool::Allocate(size_t bytes) {
+  const size_t size = RoundedSize(bytes);
+  void* p = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = free_.find(size);
+    if (it != free_.end() && !it->second.empty()) {
+      p = it->second.back();
+      it->second.pop_back();
+      cached_ -= size;
+    }
+  }
+  if (p == nullptr) {
+    p = std::aligned_alloc(64, size);
+    if (p == nullptr) throw std::bad_alloc();
+  }
+  std::shared_ptr<BufferPool> self = shared_from_this();
+  return std::shared_ptr<void>(p, [self, size](void* q) { self->Release(q, size); });
+}
+
+void BufferPool::Release(void* p, size_t bytes) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (cached_ + bytes <= max_cached_) {
+      free_[bytes].push_back(p);
+      cached_ += bytes;
+      return;
+    }
+  }
+  std::free(p);
+}
+
+void BufferPool::set_max_cached_bytes(size_t bytes) {
+  absl::MutexLock lock(&mu_);
+  max_cached_ = bytes;
+}
+
+size_t BufferPool::cached_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return cached_;
+}
+
+BufferPool* BufferPool::Current() { return current_pool; }
+
+BufferPool::Scope::Scope(BufferPool* pool) : previous_(current_pool) {
+  current_pool = pool;
+}
+
+BufferPool::Scope::~Scope() { current_pool = previous_; }
+
+}  // namespace qs
