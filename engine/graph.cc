@@ -53,6 +53,14 @@ const onnx::TensorProto* Attributes::GetTensor(const std::string& name) const {
   return (a && a->has_t()) ? &a->t() : nullptr;
 }
 
+void Graph::RemoveNodes(const std::vector<bool>& removed) {
+  std::vector<Node> kept;
+  kept.reserve(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (i >= removed.size() || !removed[i]) kept.push_back(std::move(nodes[i]));
+  nodes = std::move(kept);
+}
+
 void Attributes::SetInt(const std::string& name, int64_t v) {
   onnx::AttributeProto a;
   a.set_name(name);

@@ -70,6 +70,9 @@ struct Graph {
   absl::flat_hash_map<std::string, Tensor> initializers;
   absl::flat_hash_map<std::string, ValueInfo> value_info;  // shape inference results
   int64_t opset = 0;                                       // default-domain opset
+
+  // Drops the nodes flagged in `removed` (indexed like `nodes`), keeping the order.
+  void RemoveNodes(const std::vector<bool>& removed);
 };
 
 // Converts an ONNX TensorProto (typed fields or raw_data, little-endian) to a Tensor.

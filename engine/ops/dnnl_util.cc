@@ -33,6 +33,8 @@ absl::StatusOr<FusedActivation> ParseFusedActivation(const Node& node) {
   const std::string kind = node.attrs.GetString(kFusedActivationAttr, "");
   if (kind == "Relu") {
     act.kind = FusedActivation::Kind::kRelu;
+  } else if (kind == "Gelu") {
+    act.kind = FusedActivation::Kind::kGelu;
   } else if (kind == "Clip") {
     const std::vector<float> p = node.attrs.GetFloats(kFusedActivationParamsAttr);
     if (p.size() != 2) {
@@ -61,6 +63,9 @@ void AppendActivation(const FusedActivation& act, dnnl::post_ops* ops) {
       } else {
         ops->append_eltwise(1.f, dnnl::algorithm::eltwise_clip, act.lo, act.hi);
       }
+      break;
+    case FusedActivation::Kind::kGelu:
+      ops->append_eltwise(1.f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
       break;
   }
 }

@@ -27,7 +27,8 @@ namespace qs {
 // ---- attributes -------------------------------------------------------------------
 
 // The engine-internal attribute the fusion pass sets on a Conv to fold the activation
-// that follows it: "Relu" or "Clip" (bounds in kFusedActivationParamsAttr = [min, max]).
+// that follows it: "Relu", "Clip" (bounds in kFusedActivationParamsAttr = [min, max]) or
+// "Gelu" (erf form; MatMul only).
 inline constexpr char kFusedActivationAttr[] = "qs_fused_activation";
 inline constexpr char kFusedActivationParamsAttr[] = "qs_fused_activation_params";
 // Set by FuseConvAdd: input 3 of the Conv is added to its output (before the fused
@@ -47,7 +48,7 @@ absl::StatusOr<int> NormalizeAxis(int64_t axis, int rank);
 // ---- fused activations (post-ops) --------------------------------------------------
 
 struct FusedActivation {
-  enum class Kind { kNone, kRelu, kClip };
+  enum class Kind { kNone, kRelu, kClip, kGelu };  // kGelu: erf form (kGeluOp)
   Kind kind = Kind::kNone;
   float lo = 0.f;  // kClip bounds
   float hi = 0.f;

@@ -121,9 +121,13 @@ struct MatMulState : KernelState {
 
 // ---------------------------------------------------------------- MatMul -----------
 
+// Also runs the MatMul that FuseMatMulBiasActivation extended: a constant bias [N] as
+// input 2 and a fused activation, both in the oneDNN primitive (2-D constant B only).
 class MatMulKernel : public Kernel {
  public:
-  explicit MatMulKernel(const Tensor* const_b) {
+  MatMulKernel(const Tensor* const_b, const Tensor* bias, FusedActivation act)
+      : act_(act) {
+    if (bias != nullptr) bias_ = *bias;
     // Only 1-D/2-D constants are packed: that is the FC-weight case, and it has a
     // rank-independent descriptor.
     if (const_b != nullptr && const_b->dtype() == DataType::kFloat32 &&
@@ -146,7 +150,10 @@ class MatMulKernel : public Kernel {
       return RunError("A is ", DataTypeName(a->dtype()), " but B is ",
                       DataTypeName(b->dtype()));
     }
-    if (a->dtype() != DataType::kFloat32) return RunLoop(*a, *b, ctx);
+    if (a->dtype() != DataType::kFloat32) {
+      if (bias_.defined() || !act_.none()) return RunError("fused MatMul needs FP32");
+      return RunLoop(*a, *b, ctx);
+    }
     auto* state = static_cast<MatMulState*>(ctx.state);
     Shape key = a->shape();
     key.push_back(-1);
@@ -165,9 +172,11 @@ class MatMulKernel : public Kernel {
     plan->dst.set_data_handle(y.raw_data());
     if (!plan->const_weights)
       plan->weights.set_data_handle(const_cast<void*>(b->raw_data()));
-    plan->prim.execute(ctx.dnnl->stream, {{DNNL_ARG_SRC, plan->src},
-                                          {DNNL_ARG_WEIGHTS, plan->weights},
-                                          {DNNL_ARG_DST, plan->dst}});
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, plan->src},
+                                            {DNNL_ARG_WEIGHTS, plan->weights},
+                                            {DNNL_ARG_DST, plan->dst}};
+    if (plan->has_bias) args[DNNL_ARG_BIAS] = plan->bias;
+    plan->prim.execute(ctx.dnnl->stream, args);
     ctx.dnnl->stream.wait();
     (*ctx.outputs)[0] = std::move(y);
     return absl::OkStatus();
@@ -179,6 +188,13 @@ class MatMulKernel : public Kernel {
     QS_ASSIGN_OR_RETURN(MatMulShape s, ResolveMatMul(a, b));
     auto plan = std::make_unique<MatMulPlan>();
     plan->out_shape = s.out;
+    const bool fused = bias_.defined() || !act_.none();
+    if (fused && (b.size() != 2 || (bias_.defined() && bias_.num_elements() != s.n))) {
+      return RunError("fused bias/activation needs a 2-D B and a [N] bias");
+    }
+    if (s.k == 0 && fused && NumElements(s.out) != 0) {
+      return RunError("K = 0 with a fused bias/activation is not supported");
+    }
     if (NumElements(s.out) == 0 || s.k == 0) {
       plan->skip = true;
       return plan;
@@ -199,10 +215,17 @@ class MatMulKernel : public Kernel {
       w_md = PlainDesc(s.b);
       dst_md = PlainDesc(s.out_full);
     }
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, dst_md), eng);
+    const memory::desc bias_md =
+        bias_.defined() ? PlainDesc({1, s.n}) : memory::desc();
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, bias_md, dst_md),
+                                    MakeActivationAttr(act_), eng);
     plan->prim = dnnl::matmul(pd);
     plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
     plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
+    if (bias_.defined()) {
+      plan->has_bias = true;
+      plan->bias = memory(bias_md, eng, const_cast<void*>(bias_.raw_data()));
+    }
     if (use_packed) {
       plan->weights = packed_->Get(pd.weights_desc(), dnnl);
       plan->const_weights = true;
@@ -238,6 +261,8 @@ class MatMulKernel : public Kernel {
   }
 
   std::unique_ptr<PackedWeights> packed_;
+  Tensor bias_;  // [N] or undefined
+  const FusedActivation act_;
 };
 
 // ---------------------------------------------------------------- Gemm -------------
@@ -441,9 +466,21 @@ class GemmKernel : public Kernel {
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeMatMul(const KernelInit& init) {
   const Node& node = *init.node;
-  QS_RETURN_IF_ERROR(CheckAttributes(node, {}));
-  if (node.inputs.size() != 2) return NodeError(node, "needs 2 inputs");
-  return std::unique_ptr<Kernel>(new MatMulKernel(init.constant(1)));
+  QS_RETURN_IF_ERROR(
+      CheckAttributes(node, {kFusedActivationAttr, kFusedActivationParamsAttr}));
+  // A third input is the bias FuseMatMulBiasActivation folded in (ONNX MatMul has 2).
+  if (node.inputs.size() != 2 && node.inputs.size() != 3) {
+    return NodeError(node, "needs 2 inputs");
+  }
+  const Tensor* bias = nullptr;
+  if (node.inputs.size() == 3) {
+    bias = init.constant(2);
+    if (bias == nullptr || bias->dtype() != DataType::kFloat32 || bias->rank() != 1) {
+      return NodeError(node, "a fused bias must be a constant FP32 [N]");
+    }
+  }
+  QS_ASSIGN_OR_RETURN(FusedActivation act, ParseFusedActivation(node));
+  return std::unique_ptr<Kernel>(new MatMulKernel(init.constant(1), bias, act));
 }
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeGemm(const KernelInit& init) {

@@ -9,6 +9,7 @@
 
 #include "engine/ops/dnnl_util.h"
 #include "engine/ops/registry.h"
+#include "engine/passes/passes.h"
 #include "engine/status_macros.h"
 
 namespace qs {
@@ -202,13 +203,22 @@ class LayerNormKernel : public Kernel {
     const Shape norm_shape(x->shape().begin() + axis, x->shape().end());
     const int64_t inner = NumElements(norm_shape);
     const int64_t outer = inner == 0 ? 0 : x->num_elements() / inner;
-    // Scale/B normally have exactly the normalized shape; anything else broadcasts.
-    std::vector<int64_t> s_idx, b_idx;
+    // Scale/B normally have exactly the normalized shape; anything else is broadcast
+    // to it once here, so that the row loop below is a plain (vectorized) multiply-add.
+    const float* sc = scale->data<float>();
+    const float* bi = bias != nullptr ? bias->data<float>() : nullptr;
+    std::vector<float> sc_full, bi_full;
     if (scale->shape() != norm_shape) {
-      QS_ASSIGN_OR_RETURN(s_idx, BroadcastIndex(scale->shape(), norm_shape));
+      QS_ASSIGN_OR_RETURN(const std::vector<int64_t> idx,
+                          BroadcastIndex(scale->shape(), norm_shape));
+      for (int64_t i : idx) sc_full.push_back(sc[i]);
+      sc = sc_full.data();
     }
     if (bias != nullptr && bias->shape() != norm_shape) {
-      QS_ASSIGN_OR_RETURN(b_idx, BroadcastIndex(bias->shape(), norm_shape));
+      QS_ASSIGN_OR_RETURN(const std::vector<int64_t> idx,
+                          BroadcastIndex(bias->shape(), norm_shape));
+      for (int64_t i : idx) bi_full.push_back(bi[i]);
+      bi = bi_full.data();
     }
     Tensor y = Tensor::Uninitialized(DataType::kFloat32, x->shape());
     Shape stat_shape(x->shape().begin(), x->shape().begin() + axis);
@@ -220,22 +230,28 @@ class LayerNormKernel : public Kernel {
     if (want_inv) inv_t = Tensor::Uninitialized(DataType::kFloat32, stat_shape);
     const float* in = x->data<float>();
     float* out = y.data<float>();
-    const float* sc = scale->data<float>();
-    const float* bi = bias != nullptr ? bias->data<float>() : nullptr;
 #pragma omp parallel for if (x->num_elements() > 65536)
     for (int64_t r = 0; r < outer; ++r) {
       const float* xi = in + r * inner;
       float* yi = out + r * inner;
+      // Double sums and two passes (no E[x^2] - mean^2 cancellation) keep rows with a
+      // large mean accurate. `simd` lets the compiler spread each sum over vector
+      // lanes, which it does not do by itself because that reorders the additions.
       double sum = 0, sq = 0;
+#pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < inner; ++i) sum += xi[i];
       const double mean = sum / inner;
-      for (int64_t i = 0; i < inner; ++i) sq += (xi[i] - mean) * (xi[i] - mean);
+#pragma omp simd reduction(+ : sq)
+      for (int64_t i = 0; i < inner; ++i) {
+        const double c = xi[i] - mean;
+        sq += c * c;
+      }
       const float inv = static_cast<float>(1.0 / std::sqrt(sq / inner + epsilon_));
       const float m = static_cast<float>(mean);
-      for (int64_t i = 0; i < inner; ++i) {
-        const float s = s_idx.empty() ? sc[i] : sc[s_idx[i]];
-        const float b = bi == nullptr ? 0.f : (b_idx.empty() ? bi[i] : bi[b_idx[i]]);
-        yi[i] = (xi[i] - m) * inv * s + b;
+      if (bi != nullptr) {
+        for (int64_t i = 0; i < inner; ++i) yi[i] = (xi[i] - m) * inv * sc[i] + bi[i];
+      } else {
+        for (int64_t i = 0; i < inner; ++i) yi[i] = (xi[i] - m) * inv * sc[i];
       }
       if (want_mean) mean_t.data<float>()[r] = m;
       if (want_inv) inv_t.data<float>()[r] = inv;
@@ -265,6 +281,8 @@ void RegisterNormKernels(KernelRegistry* r) {
   r->Register("BatchNormalization", MakeBatchNorm, 7, 17);
   r->Register("InstanceNormalization", MakeInstanceNorm, 6, 17);
   r->Register("LayerNormalization", MakeLayerNorm, 17, 17);
+  // What FuseLayerNorm makes of the decomposed form older opsets export.
+  r->Register(kLayerNormOp, MakeLayerNorm, 1, 17);
 }
 
 }  // namespace qs

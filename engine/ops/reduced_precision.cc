@@ -513,6 +513,13 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedMatMul(const KernelInit& init
   }
   QS_ASSIGN_OR_RETURN(Common c, ParseCommon(node));
   bool transposed = false;
+  if (node.op_type == "MatMul" && node.inputs.size() > 2) {  // FuseMatMulBiasActivation
+    const Tensor* b = init.constant(2);
+    if (b == nullptr || b->dtype() != DataType::kFloat32 || b->num_elements() != w->dim(1)) {
+      return NodeError(node, "a fused bias must be a constant FP32 [N]");
+    }
+    c.bias = *b;
+  }
   if (node.op_type == "Gemm") {
     if (node.attrs.GetInt("transA", 0) != 0 || node.attrs.GetFloat("alpha", 1.f) != 1.f) {
       return NodeError(node, "reduced-precision Gemm needs transA=0 and alpha=1");

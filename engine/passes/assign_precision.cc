@@ -23,7 +23,7 @@ bool IsReducedPrecisionCandidate(const Node& node, const Graph& graph) {
   if (node.op_type == "Conv") {
     return weights.rank() == 4 && const_or_absent(2);
   }
-  if (node.op_type == "MatMul") return weights.rank() == 2;
+  if (node.op_type == "MatMul") return weights.rank() == 2 && const_or_absent(2);
   if (node.op_type == "Gemm") {
     if (weights.rank() != 2 || node.attrs.GetInt("transA", 0) != 0 ||
         node.attrs.GetFloat("alpha", 1.f) != 1.f || !const_or_absent(2)) {

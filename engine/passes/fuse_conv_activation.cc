@@ -74,7 +74,7 @@ absl::Status FuseConvActivation(Graph* graph) {
   for (size_t i = 0; i < graph->nodes.size(); ++i)
     for (const auto& o : graph->nodes[i].outputs) producer[o] = i;
 
-  absl::flat_hash_set<size_t> removed;
+  std::vector<bool> removed(graph->nodes.size(), false);
   for (size_t i = 0; i < graph->nodes.size(); ++i) {
     const Node& act = graph->nodes[i];
     FusedActivation fused;
@@ -90,15 +90,9 @@ absl::Status FuseConvActivation(Graph* graph) {
     Annotate(fused, &conv);
     conv.outputs[0] = act.outputs[0];
     producer[act.outputs[0]] = p->second;
-    removed.insert(i);
+    removed[i] = true;
   }
-  if (!removed.empty()) {
-    std::vector<Node> kept;
-    kept.reserve(graph->nodes.size() - removed.size());
-    for (size_t i = 0; i < graph->nodes.size(); ++i)
-      if (!removed.count(i)) kept.push_back(std::move(graph->nodes[i]));
-    graph->nodes = std::move(kept);
-  }
+  graph->RemoveNodes(removed);
   return absl::OkStatus();
 }
 

@@ -57,10 +57,7 @@ absl::Status FuseConvAdd(Graph* graph) {
       break;
     }
   }
-  std::vector<Node> kept;
-  for (size_t i = 0; i < graph->nodes.size(); ++i)
-    if (!removed[i]) kept.push_back(std::move(graph->nodes[i]));
-  graph->nodes = std::move(kept);
+  graph->RemoveNodes(removed);
   return absl::OkStatus();
 }
 

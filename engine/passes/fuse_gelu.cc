@@ -97,10 +97,7 @@ absl::Status FuseGelu(Graph* graph) {
     graph->nodes[last] = std::move(gelu);
     removed[last] = false;
   }
-  std::vector<Node> kept;
-  for (size_t i = 0; i < graph->nodes.size(); ++i)
-    if (!removed[i]) kept.push_back(std::move(graph->nodes[i]));
-  graph->nodes = std::move(kept);
+  graph->RemoveNodes(removed);
   return absl::OkStatus();
 }
 

@@ -40,9 +40,25 @@ absl::Status FuseConvAdd(Graph* graph);
 
 // The internal op FuseGelu produces: y = 0.5 x (1 + erf(x / sqrt 2)).
 inline constexpr char kGeluOp[] = "QsGeluErf";
+// The internal op FuseLayerNorm produces: LayerNormalization (opset 17) over the last
+// axis, inputs X, gamma, beta and attributes axis=-1, epsilon, at any opset.
+inline constexpr char kLayerNormOp[] = "QsLayerNorm";
 
 // Collapses the erf-GELU subgraph exporters write into one kGeluOp node.
 absl::Status FuseGelu(Graph* graph);
+
+// Collapses LayerNorm over the last axis as PyTorch exports it below opset 17
+// (ReduceMean, Sub, Pow or Mul, ReduceMean, Add eps, Sqrt, Div, then an optional Mul by
+// gamma and Add of beta, all constant) into one kLayerNormOp node: one pass over each
+// row instead of about nine element-wise and reduce nodes. Only chains whose
+// intermediates nothing else reads; without gamma/beta it adds ones/zeros, sized from
+// X's inferred last dimension.
+absl::Status FuseLayerNorm(Graph* graph);
+
+// Folds the bias Add (a constant [N]) that follows a MatMul with constant 2-D weights
+// [K, N] into the MatMul (as its input 2), and a following kGeluOp or Relu into it as a
+// fused activation: one oneDNN primitive instead of three passes over the output.
+absl::Status FuseMatMulBiasActivation(Graph* graph);
 
 // Removes nodes whose outputs reach no graph output, and unused initializers.
 absl::Status EliminateDeadNodes(Graph* graph);

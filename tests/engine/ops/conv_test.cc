@@ -33,19 +33,6 @@ Tensor Filled(const Shape& shape, int seed) {
 }
 
 // RunModel that also reports how many kernels the plan kept (fusion checks).
-std::vector<Tensor> RunCountingNodes(const onnx::ModelProto& model,
-                                     const std::vector<Tensor>& inputs, int64_t* num_nodes) {
-  auto session = Session::Compile(model, CompileOptions());
-  EXPECT_TRUE(session.ok()) << session.status();
-  if (!session.ok()) return {};
-  *num_nodes = (*session)->stats().num_nodes;
-  auto ctx = (*session)->NewContext();
-  std::vector<Tensor> out;
-  absl::Status st = (*session)->Run(ctx.get(), inputs, &out);
-  EXPECT_TRUE(st.ok()) << st;
-  return out;
-}
-
 void ExpectNear(const Tensor& got, const Tensor& want) {
   ASSERT_EQ(ShapeToString(got.shape()), ShapeToString(want.shape()));
   for (int64_t i = 0; i < want.num_elements(); ++i) {
@@ -376,14 +363,11 @@ TEST(ConvFusionTest, Relu6ClipIsFoldedIntoConv) {
   Tensor x = Filled({1, 2, 5, 5}, 27), w = Filled({3, 2, 3, 3}, 28);
   // Scale up so that some outputs exceed 6.
   for (int64_t i = 0; i < w.num_elements(); ++i) w.data<float>()[i] *= 4.f;
-  Tensor lo(DataType::kFloat32, {}), hi(DataType::kFloat32, {});
-  lo.data<float>()[0] = 0.f;
-  hi.data<float>()[0] = 6.f;
   ModelBuilder mb;
   mb.Input("x", x.shape());
   mb.Constant("w", w);
-  mb.Constant("lo", lo);
-  mb.Constant("hi", hi);
+  mb.Constant("lo", Scalar(0.f));
+  mb.Constant("hi", Scalar(6.f));
   mb.Node("Conv", {"x", "w"}, {"c"});
   mb.Node("Clip", {"c", "lo", "hi"}, {"y"});
   mb.Output("y");

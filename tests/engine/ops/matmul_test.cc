@@ -117,6 +117,79 @@ TEST(MatMulTest, ConstantWeightsWithBatchedActivations) {
   ExpectNear(out[0], NaiveBatchedMatMul(a, b));
 }
 
+// a @ w + bias (bias [N] or [1, N], broadcast over rows), then `act`.
+Tensor NaiveDense(const Tensor& a, const Tensor& w, const Tensor& bias,
+                  float (*act)(float)) {
+  Tensor y = NaiveBatchedMatMul(a, w);
+  const int64_t n = w.dim(1);
+  for (int64_t i = 0; i < y.num_elements(); ++i) {
+    y.data<float>()[i] = act(y.data<float>()[i] + bias.data<float>()[i % n]);
+  }
+  return y;
+}
+
+TEST(MatMulFusionTest, BiasAndErfGeluFoldIntoTheMatMul) {
+  Tensor a = Filled({2, 3, 5}, 1), w = Filled({5, 7}, 2), bias = Filled({7}, 3);
+  ModelBuilder mb;
+  mb.Input("a", a.shape());
+  mb.Constant("w", w);
+  mb.Constant("bias", bias);
+  mb.Constant("sqrt2", Scalar(std::sqrt(2.f)));
+  mb.Constant("one", Scalar(1.f));
+  mb.Constant("half", Scalar(0.5f));
+  mb.Node("MatMul", {"a", "w"}, {"mm"});
+  mb.Node("Add", {"mm", "bias"}, {"x"});
+  mb.Node("Div", {"x", "sqrt2"}, {"d"});  // the erf-GELU as PyTorch exports it
+  mb.Node("Erf", {"d"}, {"e"});
+  mb.Node("Add", {"e", "one"}, {"e1"});
+  mb.Node("Mul", {"x", "e1"}, {"m"});
+  mb.Node("Mul", {"m", "half"}, {"y"});
+  mb.Output("y");
+  int64_t nodes = 0;
+  auto out = RunCountingNodes(mb.model(), {a}, &nodes);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(nodes, 1);
+  ExpectNear(out[0], NaiveDense(a, w, bias, [](float v) {
+               return 0.5f * v * (1.f + std::erf(v / std::sqrt(2.f)));
+             }));
+}
+
+TEST(MatMulFusionTest, RowBiasFirstOperandAndRelu) {
+  Tensor a = Filled({4, 6}, 4), w = Filled({6, 3}, 5), bias = Filled({1, 3}, 6);
+  ModelBuilder mb;
+  mb.Input("a", a.shape());
+  mb.Constant("w", w);
+  mb.Constant("bias", bias);
+  mb.Node("MatMul", {"a", "w"}, {"mm"});
+  mb.Node("Add", {"bias", "mm"}, {"x"});
+  mb.Node("Relu", {"x"}, {"y"});
+  mb.Output("y");
+  int64_t nodes = 0;
+  auto out = RunCountingNodes(mb.model(), {a}, &nodes);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(nodes, 1);
+  ExpectNear(out[0], NaiveDense(a, w, bias, [](float v) { return std::max(v, 0.f); }));
+}
+
+TEST(MatMulFusionTest, ActivationStaysSeparateWhenTheSumIsAlsoAnOutput) {
+  Tensor a = Filled({4, 6}, 7), w = Filled({6, 3}, 8), bias = Filled({3}, 9);
+  ModelBuilder mb;
+  mb.Input("a", a.shape());
+  mb.Constant("w", w);
+  mb.Constant("bias", bias);
+  mb.Node("MatMul", {"a", "w"}, {"mm"});
+  mb.Node("Add", {"mm", "bias"}, {"x"});
+  mb.Node("Relu", {"x"}, {"y"});
+  mb.Output("x");
+  mb.Output("y");
+  int64_t nodes = 0;
+  auto out = RunCountingNodes(mb.model(), {a}, &nodes);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(nodes, 2);  // MatMul+bias, Relu
+  ExpectNear(out[0], NaiveDense(a, w, bias, [](float v) { return v; }));
+  ExpectNear(out[1], NaiveDense(a, w, bias, [](float v) { return std::max(v, 0.f); }));
+}
+
 TEST(MatMulTest, BatchedBroadcast) {
   Tensor a = Filled({2, 1, 3, 4}, 3), b = Filled({3, 4, 5}, 4);
   ModelBuilder mb;

@@ -61,6 +61,13 @@ class ModelBuilder {
   onnx::ModelProto model_;
 };
 
+// A rank-0 FP32 constant.
+inline Tensor Scalar(float v) {
+  Tensor t(DataType::kFloat32, {});
+  t.data<float>()[0] = v;
+  return t;
+}
+
 // Compiles `model` (FP32) and runs it once on a fresh context.
 inline absl::StatusOr<std::vector<Tensor>> TryRun(const onnx::ModelProto& model,
                                                   const std::vector<Tensor>& inputs) {
@@ -79,6 +86,21 @@ inline std::vector<Tensor> RunModel(const onnx::ModelProto& model,
   auto out = TryRun(model, inputs);
   EXPECT_TRUE(out.ok()) << out.status();
   return out.ok() ? *out : std::vector<Tensor>();
+}
+
+// RunModel that also reports the plan's kernel count (after the fusion passes).
+inline std::vector<Tensor> RunCountingNodes(const onnx::ModelProto& model,
+                                            const std::vector<Tensor>& inputs,
+                                            int64_t* num_nodes) {
+  auto session = Session::Compile(model, CompileOptions());
+  EXPECT_TRUE(session.ok()) << session.status();
+  if (!session.ok()) return {};
+  *num_nodes = (*session)->stats().num_nodes;
+  auto ctx = (*session)->NewContext();
+  std::vector<Tensor> out;
+  absl::Status st = (*session)->Run(ctx.get(), inputs, &out);
+  EXPECT_TRUE(st.ok()) << st;
+  return out;
 }
 
 // Node attributes.
