@@ -85,6 +85,14 @@ void Attributes::SetString(const std::string& name, const std::string& v) {
   Set(a);
 }
 
+void Attributes::SetInts(const std::string& name, const std::vector<int64_t>& v) {
+  onnx::AttributeProto a;
+  a.set_name(name);
+  a.set_type(onnx::AttributeProto::INTS);
+  for (int64_t x : v) a.add_ints(x);
+  Set(a);
+}
+
 void Attributes::SetFloats(const std::string& name, const std::vector<float>& v) {
   onnx::AttributeProto a;
   a.set_name(name);

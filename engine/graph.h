@@ -49,6 +49,7 @@ class Attributes {
   void SetFloat(const std::string& name, float v);
   void SetString(const std::string& name, const std::string& v);
   void SetFloats(const std::string& name, const std::vector<float>& v);
+  void SetInts(const std::string& name, const std::vector<int64_t>& v);
 
  private:
   std::map<std::string, onnx::AttributeProto> attrs_;

@@ -125,8 +125,11 @@ struct MatMulState : KernelState {
 // input 2 and a fused activation, both in the oneDNN primitive (2-D constant B only).
 class MatMulKernel : public Kernel {
  public:
-  MatMulKernel(const Tensor* const_b, const Tensor* bias, FusedActivation act)
-      : act_(act) {
+  // `perm_a`/`perm_b` (empty: none): the operand arrives untransposed and is read
+  // through strides as Transpose(operand, perm) (FoldTransposeIntoMatMul).
+  MatMulKernel(const Tensor* const_b, const Tensor* bias, FusedActivation act,
+               std::vector<int64_t> perm_a, std::vector<int64_t> perm_b)
+      : act_(act), perm_a_(std::move(perm_a)), perm_b_(std::move(perm_b)) {
     if (bias != nullptr) bias_ = *bias;
     // Only 1-D/2-D constants are packed: that is the FC-weight case, and it has a
     // rank-independent descriptor.
@@ -151,7 +154,9 @@ class MatMulKernel : public Kernel {
                       DataTypeName(b->dtype()));
     }
     if (a->dtype() != DataType::kFloat32) {
-      if (bias_.defined() || !act_.none()) return RunError("fused MatMul needs FP32");
+      if (bias_.defined() || !act_.none() || !perm_a_.empty() || !perm_b_.empty()) {
+        return RunError("fused MatMul needs FP32");
+      }
       return RunLoop(*a, *b, ctx);
     }
     auto* state = static_cast<MatMulState*>(ctx.state);
@@ -183,9 +188,16 @@ class MatMulKernel : public Kernel {
   }
 
  private:
-  absl::StatusOr<std::unique_ptr<MatMulPlan>> BuildPlan(const Shape& a, const Shape& b,
+  absl::StatusOr<std::unique_ptr<MatMulPlan>> BuildPlan(const Shape& a_phys,
+                                                        const Shape& b_phys,
                                                         DnnlResources* dnnl) const {
+    QS_ASSIGN_OR_RETURN(const Shape a, Permuted(a_phys, perm_a_));
+    QS_ASSIGN_OR_RETURN(const Shape b, Permuted(b_phys, perm_b_));
     QS_ASSIGN_OR_RETURN(MatMulShape s, ResolveMatMul(a, b));
+    const bool permuted = !perm_a_.empty() || !perm_b_.empty();
+    if (permuted && (a.size() != b.size() || a.size() < 3)) {
+      return RunError("a folded Transpose needs operands of one rank >= 3");
+    }
     auto plan = std::make_unique<MatMulPlan>();
     plan->out_shape = s.out;
     const bool fused = bias_.defined() || !act_.none();
@@ -201,8 +213,8 @@ class MatMulKernel : public Kernel {
     }
     const dnnl::engine& eng = dnnl->engine;
     memory::desc src_md, w_md, dst_md;
-    const bool use_packed = packed_ != nullptr && b.size() <= 2;
-    if (b.size() <= 2) {
+    const bool use_packed = packed_ != nullptr && b.size() <= 2 && !permuted;
+    if (b.size() <= 2 && !permuted) {
       // B has no batch dims: fold all of A's leading dims into M (A is contiguous).
       const int64_t rows = NumElements(s.a) / s.k;
       src_md = PlainDesc({rows, s.k});
@@ -211,8 +223,9 @@ class MatMulKernel : public Kernel {
                                        memory::format_tag::any)
                         : PlainDesc({s.k, s.n});
     } else {
-      src_md = PlainDesc(s.a);
-      w_md = PlainDesc(s.b);
+      // (Without a perm, the operand as padded to the common rank.)
+      src_md = perm_a_.empty() ? PlainDesc(s.a) : PermutedStridedDesc(a_phys, perm_a_);
+      w_md = perm_b_.empty() ? PlainDesc(s.b) : PermutedStridedDesc(b_phys, perm_b_);
       dst_md = PlainDesc(s.out_full);
     }
     const memory::desc bias_md =
@@ -260,9 +273,37 @@ class MatMulKernel : public Kernel {
     return absl::OkStatus();
   }
 
+  // `shape` permuted by `perm` (unchanged for an empty perm).
+  static absl::StatusOr<Shape> Permuted(const Shape& shape, const std::vector<int64_t>& perm) {
+    if (perm.empty()) return shape;
+    if (perm.size() != shape.size()) {
+      return RunError("operand ", ShapeToString(shape), " does not match the folded perm");
+    }
+    Shape out(shape.size());
+    for (size_t i = 0; i < perm.size(); ++i) out[i] = shape[perm[i]];
+    return out;
+  }
+
+  // The descriptor of Transpose(x, perm) over x's own row-major buffer.
+  static memory::desc PermutedStridedDesc(const Shape& phys, const std::vector<int64_t>& perm) {
+    std::vector<int64_t> phys_strides(phys.size());
+    int64_t st = 1;
+    for (int i = static_cast<int>(phys.size()) - 1; i >= 0; --i) {
+      phys_strides[i] = st;
+      st *= phys[i];
+    }
+    memory::dims dims(perm.size()), strides(perm.size());
+    for (size_t i = 0; i < perm.size(); ++i) {
+      dims[i] = phys[perm[i]];
+      strides[i] = phys_strides[perm[i]];
+    }
+    return memory::desc(dims, memory::data_type::f32, strides);
+  }
+
   std::unique_ptr<PackedWeights> packed_;
   Tensor bias_;  // [N] or undefined
   const FusedActivation act_;
+  const std::vector<int64_t> perm_a_, perm_b_;
 };
 
 // ---------------------------------------------------------------- Gemm -------------
@@ -466,8 +507,8 @@ class GemmKernel : public Kernel {
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeMatMul(const KernelInit& init) {
   const Node& node = *init.node;
-  QS_RETURN_IF_ERROR(
-      CheckAttributes(node, {kFusedActivationAttr, kFusedActivationParamsAttr}));
+  QS_RETURN_IF_ERROR(CheckAttributes(node, {kFusedActivationAttr, kFusedActivationParamsAttr,
+                                            kPermAAttr, kPermBAttr}));
   // A third input is the bias FuseMatMulBiasActivation folded in (ONNX MatMul has 2).
   if (node.inputs.size() != 2 && node.inputs.size() != 3) {
     return NodeError(node, "needs 2 inputs");
@@ -480,7 +521,17 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeMatMul(const KernelInit& init) {
     }
   }
   QS_ASSIGN_OR_RETURN(FusedActivation act, ParseFusedActivation(node));
-  return std::unique_ptr<Kernel>(new MatMulKernel(init.constant(1), bias, act));
+  std::vector<int64_t> perm_a = node.attrs.GetInts(kPermAAttr);
+  std::vector<int64_t> perm_b = node.attrs.GetInts(kPermBAttr);
+  for (const auto* perm : {&perm_a, &perm_b}) {
+    std::vector<int64_t> sorted = *perm;
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 0; i < sorted.size(); ++i) {
+      if (sorted[i] != static_cast<int64_t>(i)) return NodeError(node, "invalid folded perm");
+    }
+  }
+  return std::unique_ptr<Kernel>(new MatMulKernel(init.constant(1), bias, act,
+                                                  std::move(perm_a), std::move(perm_b)));
 }
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeGemm(const KernelInit& init) {

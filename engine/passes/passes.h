@@ -60,6 +60,11 @@ absl::Status FuseLayerNorm(Graph* graph);
 // fused activation: one oneDNN primitive instead of three passes over the output.
 absl::Status FuseMatMulBiasActivation(Graph* graph);
 
+// Folds a Transpose that only feeds an activation x activation MatMul (attention's
+// K^T, and the head split of Q, K, V) into the MatMul, which then reads the untransposed
+// tensor through strides (kPermAAttr/kPermBAttr): no copy of the operand.
+absl::Status FoldTransposeIntoMatMul(Graph* graph);
+
 // Removes nodes whose outputs reach no graph output, and unused initializers.
 absl::Status EliminateDeadNodes(Graph* graph);
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/graph.h"
+#include "engine/onnx_import.h"
 #include "engine/session.h"
 #include "gtest/gtest.h"
 #include "tests/engine/ops/model_builder.h"
@@ -188,6 +189,54 @@ TEST(MatMulFusionTest, ActivationStaysSeparateWhenTheSumIsAlsoAnOutput) {
   EXPECT_EQ(nodes, 2);  // MatMul+bias, Relu
   ExpectNear(out[0], NaiveDense(a, w, bias, [](float v) { return v; }));
   ExpectNear(out[1], NaiveDense(a, w, bias, [](float v) { return std::max(v, 0.f); }));
+}
+
+// Transpose(x, perm) computed with index loops.
+Tensor NaiveTranspose(const Tensor& x, const std::vector<int64_t>& perm) {
+  Shape out_shape;
+  for (int64_t p : perm) out_shape.push_back(x.dim(p));
+  Tensor y(DataType::kFloat32, out_shape);
+  const int r = x.rank();
+  std::vector<int64_t> in_strides(r, 1);
+  for (int i = r - 2; i >= 0; --i) in_strides[i] = in_strides[i + 1] * x.dim(i + 1);
+  std::vector<int64_t> idx(r, 0);
+  for (int64_t o = 0; o < y.num_elements(); ++o) {
+    int64_t src = 0;
+    for (int i = 0; i < r; ++i) src += idx[i] * in_strides[perm[i]];
+    y.data<float>()[o] = x.data<float>()[src];
+    for (int i = r - 1; i >= 0; --i) {
+      if (++idx[i] < out_shape[i]) break;
+      idx[i] = 0;
+    }
+  }
+  return y;
+}
+
+TEST(MatMulFusionTest, TransposedActivationsAreReadThroughStrides) {
+  // Attention: Q [B,S,H,D] -> [B,H,S,D]; K [B,S,H,D] -> [B,H,D,S]; scores = Q K^T.
+  Tensor q = Filled({2, 5, 3, 4}, 11), k = Filled({2, 5, 3, 4}, 12);
+  ModelBuilder mb;
+  mb.Input("q", q.shape());
+  mb.Input("k", k.shape());
+  SetInts(mb.Node("Transpose", {"q"}, {"qt"}), "perm", {0, 2, 1, 3});
+  SetInts(mb.Node("Transpose", {"k"}, {"kt"}), "perm", {0, 2, 3, 1});
+  mb.Node("MatMul", {"qt", "kt"}, {"y"});
+  mb.Output("y");
+  // Parsed from bytes, as a model file is: shape inference gives the operand ranks.
+  onnx::ModelProto model = mb.model();
+  model.mutable_graph()->set_name("attention");
+  auto* y_shape =
+      model.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()
+          ->mutable_shape();
+  for (int64_t d : {2, 3, 5, 5}) y_shape->add_dim()->set_dim_value(d);
+  auto parsed = ParseOnnxModel(model.SerializeAsString(), "attention");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  int64_t nodes = 0;
+  auto out = RunCountingNodes(*parsed, {q, k}, &nodes);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(nodes, 1);
+  ExpectNear(out[0], NaiveBatchedMatMul(NaiveTranspose(q, {0, 2, 1, 3}),
+                                        NaiveTranspose(k, {0, 2, 3, 1})));
 }
 
 TEST(MatMulTest, BatchedBroadcast) {
