@@ -34,6 +34,8 @@ inline constexpr char kFusedActivationParamsAttr[] = "qs_fused_activation_params
 // Set by FuseConvAdd: input 3 of the Conv is added to its output (before the fused
 // activation).
 inline constexpr char kFusedSumAttr[] = "qs_fused_sum";
+// Set by FuseMatMulBiasActivation: the MatMul's output is multiplied by this scalar.
+inline constexpr char kMatMulScaleAttr[] = "qs_scale";
 // Set by FoldTransposeIntoMatMul: MatMul input 0 / 1 is read as Transpose(input, perm).
 inline constexpr char kPermAAttr[] = "qs_perm_a";
 inline constexpr char kPermBAttr[] = "qs_perm_b";

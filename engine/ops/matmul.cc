@@ -13,6 +13,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "engine/layout.h"
 #include "engine/ops/dnnl_util.h"
 #include "engine/ops/registry.h"
 #include "engine/status_macros.h"
@@ -127,9 +128,13 @@ class MatMulKernel : public Kernel {
  public:
   // `perm_a`/`perm_b` (empty: none): the operand arrives untransposed and is read
   // through strides as Transpose(operand, perm) (FoldTransposeIntoMatMul).
-  MatMulKernel(const Tensor* const_b, const Tensor* bias, FusedActivation act,
-               std::vector<int64_t> perm_a, std::vector<int64_t> perm_b)
-      : act_(act), perm_a_(std::move(perm_a)), perm_b_(std::move(perm_b)) {
+  MatMulKernel(const Tensor* const_b, const Tensor* bias, FusedActivation act, float scale,
+               bool fused_sum, std::vector<int64_t> perm_a, std::vector<int64_t> perm_b)
+      : act_(act),
+        scale_(scale),
+        fused_sum_(fused_sum),
+        perm_a_(std::move(perm_a)),
+        perm_b_(std::move(perm_b)) {
     if (bias != nullptr) bias_ = *bias;
     // Only 1-D/2-D constants are packed: that is the FC-weight case, and it has a
     // rank-independent descriptor.
@@ -154,7 +159,8 @@ class MatMulKernel : public Kernel {
                       DataTypeName(b->dtype()));
     }
     if (a->dtype() != DataType::kFloat32) {
-      if (bias_.defined() || !act_.none() || !perm_a_.empty() || !perm_b_.empty()) {
+      if (bias_.defined() || !act_.none() || !perm_a_.empty() || !perm_b_.empty() ||
+          scale_ != 1.f || fused_sum_) {
         return RunError("fused MatMul needs FP32");
       }
       return RunLoop(*a, *b, ctx);
@@ -172,7 +178,12 @@ class MatMulKernel : public Kernel {
       (*ctx.outputs)[0] = Tensor(DataType::kFloat32, plan->out_shape);  // zeros
       return absl::OkStatus();
     }
-    Tensor y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
+    Tensor y;
+    if (fused_sum_) {
+      QS_ASSIGN_OR_RETURN(y, StartFromResidual(ctx, plan->out_shape));
+    } else {
+      y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
+    }
     plan->src.set_data_handle(const_cast<void*>(a->raw_data()));
     plan->dst.set_data_handle(y.raw_data());
     if (!plan->const_weights)
@@ -200,9 +211,9 @@ class MatMulKernel : public Kernel {
     }
     auto plan = std::make_unique<MatMulPlan>();
     plan->out_shape = s.out;
-    const bool fused = bias_.defined() || !act_.none();
-    if (fused && (b.size() != 2 || (bias_.defined() && bias_.num_elements() != s.n))) {
-      return RunError("fused bias/activation needs a 2-D B and a [N] bias");
+    const bool fused = bias_.defined() || !act_.none() || scale_ != 1.f || fused_sum_;
+    if (bias_.defined() && (b.size() != 2 || bias_.num_elements() != s.n)) {
+      return RunError("a fused bias needs a 2-D B and a [N] bias");
     }
     if (s.k == 0 && fused && NumElements(s.out) != 0) {
       return RunError("K = 0 with a fused bias/activation is not supported");
@@ -230,8 +241,16 @@ class MatMulKernel : public Kernel {
     }
     const memory::desc bias_md =
         bias_.defined() ? PlainDesc({1, s.n}) : memory::desc();
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, bias_md, dst_md),
-                                    MakeActivationAttr(act_), eng);
+    dnnl::primitive_attr attr;
+    {
+      dnnl::post_ops po;
+      if (scale_ != 1.f) po.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, scale_, 0.f);
+      if (fused_sum_) po.append_sum(1.f);
+      AppendActivation(act_, &po);
+      attr.set_post_ops(po);
+    }
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, bias_md, dst_md), attr,
+                                    eng);
     plan->prim = dnnl::matmul(pd);
     plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
     plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
@@ -273,6 +292,18 @@ class MatMulKernel : public Kernel {
     return absl::OkStatus();
   }
 
+  // The sum post-op accumulates into dst: dst starts as the residual (input 3), in place
+  // when the session donates its buffer.
+  absl::StatusOr<Tensor> StartFromResidual(KernelRunContext& ctx, const Shape& out) const {
+    const Tensor* r = ctx.input(3);
+    if (r == nullptr || r->dtype() != DataType::kFloat32 || r->shape() != out) {
+      return RunError("the fused residual must be FP32 ", ShapeToString(out));
+    }
+    Tensor y = r->layout() == Layout::kPlain ? ctx.TakeInput(3) : Tensor();
+    if (!y.defined()) y = ToPlain(*r).Clone();
+    return y;
+  }
+
   // `shape` permuted by `perm` (unchanged for an empty perm).
   static absl::StatusOr<Shape> Permuted(const Shape& shape, const std::vector<int64_t>& perm) {
     if (perm.empty()) return shape;
@@ -303,6 +334,8 @@ class MatMulKernel : public Kernel {
   std::unique_ptr<PackedWeights> packed_;
   Tensor bias_;  // [N] or undefined
   const FusedActivation act_;
+  const float scale_;       // kMatMulScaleAttr, 1 when absent
+  const bool fused_sum_;    // input 3 is added (kFusedSumAttr)
   const std::vector<int64_t> perm_a_, perm_b_;
 };
 
@@ -508,13 +541,15 @@ class GemmKernel : public Kernel {
 absl::StatusOr<std::unique_ptr<Kernel>> MakeMatMul(const KernelInit& init) {
   const Node& node = *init.node;
   QS_RETURN_IF_ERROR(CheckAttributes(node, {kFusedActivationAttr, kFusedActivationParamsAttr,
-                                            kPermAAttr, kPermBAttr}));
-  // A third input is the bias FuseMatMulBiasActivation folded in (ONNX MatMul has 2).
-  if (node.inputs.size() != 2 && node.inputs.size() != 3) {
+                                            kPermAAttr, kPermBAttr, kMatMulScaleAttr,
+                                            kFusedSumAttr}));
+  // Inputs 2 (bias) and 3 (residual) are what FuseMatMulBiasActivation folded in.
+  const bool fused_sum = node.attrs.GetInt(kFusedSumAttr, 0) != 0;
+  if (node.inputs.size() != (fused_sum ? 4u : 2u) && !(node.inputs.size() == 3 && !fused_sum)) {
     return NodeError(node, "needs 2 inputs");
   }
   const Tensor* bias = nullptr;
-  if (node.inputs.size() == 3) {
+  if (node.inputs.size() >= 3 && !node.inputs[2].empty()) {
     bias = init.constant(2);
     if (bias == nullptr || bias->dtype() != DataType::kFloat32 || bias->rank() != 1) {
       return NodeError(node, "a fused bias must be a constant FP32 [N]");
@@ -530,8 +565,9 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeMatMul(const KernelInit& init) {
       if (sorted[i] != static_cast<int64_t>(i)) return NodeError(node, "invalid folded perm");
     }
   }
-  return std::unique_ptr<Kernel>(new MatMulKernel(init.constant(1), bias, act,
-                                                  std::move(perm_a), std::move(perm_b)));
+  return std::unique_ptr<Kernel>(new MatMulKernel(
+      init.constant(1), bias, act, node.attrs.GetFloat(kMatMulScaleAttr, 1.f), fused_sum,
+      std::move(perm_a), std::move(perm_b)));
 }
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeGemm(const KernelInit& init) {

@@ -468,7 +468,17 @@ class ReducedMatMulKernel : public Kernel {
     const QuantParams p = PrepareSource(c_, *x, state);
     Shape out = x->shape();
     out.back() = n_;
-    Tensor y = Tensor::Uninitialized(DataType::kFloat32, out);
+    Tensor y;
+    if (c_.fused_sum) {  // dst starts as the residual (input 3), in place when donated
+      const Tensor* r = ctx.input(3);
+      if (r == nullptr || r->dtype() != DataType::kFloat32 || r->shape() != out) {
+        return RunError("the fused residual must be FP32 ", ShapeToString(out));
+      }
+      y = r->layout() == Layout::kPlain ? ctx.TakeInput(3) : Tensor();
+      if (!y.defined()) y = ToPlain(*r).Clone();
+    } else {
+      y = Tensor::Uninitialized(DataType::kFloat32, out);
+    }
     if (m > 0) Execute(c_, plan, *x, p, state, &y, ctx.dnnl);
     (*ctx.outputs)[0] = std::move(y);
     return absl::OkStatus();
@@ -513,7 +523,8 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedMatMul(const KernelInit& init
   }
   QS_ASSIGN_OR_RETURN(Common c, ParseCommon(node));
   bool transposed = false;
-  if (node.op_type == "MatMul" && node.inputs.size() > 2) {  // FuseMatMulBiasActivation
+  if (node.op_type == "MatMul" && node.inputs.size() > 2 &&
+      !node.inputs[2].empty()) {  // FuseMatMulBiasActivation
     const Tensor* b = init.constant(2);
     if (b == nullptr || b->dtype() != DataType::kFloat32 || b->num_elements() != w->dim(1)) {
       return NodeError(node, "a fused bias must be a constant FP32 [N]");

@@ -212,6 +212,83 @@ Tensor NaiveTranspose(const Tensor& x, const std::vector<int64_t>& perm) {
   return y;
 }
 
+// The builder's model parsed from bytes, as a model file is: that runs shape inference,
+// which the fusions that check operand shapes need. `y_shape`: the one output's shape.
+absl::StatusOr<onnx::ModelProto> Parsed(const ModelBuilder& mb, const Shape& y_shape) {
+  onnx::ModelProto model = mb.model();
+  model.mutable_graph()->set_name("fusion");
+  auto* shape = model.mutable_graph()->mutable_output(0)->mutable_type()
+                    ->mutable_tensor_type()->mutable_shape();
+  for (int64_t d : y_shape) shape->add_dim()->set_dim_value(d);
+  return ParseOnnxModel(model.SerializeAsString(), "fusion");
+}
+
+TEST(MatMulFusionTest, ScoresScaleAndResidualFoldIntoTheMatMul) {
+  // relu(a @ b / 2 + r), a and b both activations.
+  Tensor a = Filled({2, 3, 4}, 13), b = Filled({2, 4, 5}, 14), r = Filled({2, 3, 5}, 15);
+  ModelBuilder mb;
+  mb.Input("a", a.shape());
+  mb.Input("b", b.shape());
+  mb.Input("r", r.shape());
+  mb.Constant("two", Scalar(2.f));
+  mb.Node("MatMul", {"a", "b"}, {"mm"});
+  mb.Node("Div", {"mm", "two"}, {"s"});
+  mb.Node("Add", {"r", "s"}, {"x"});
+  mb.Node("Relu", {"x"}, {"y"});
+  mb.Output("y");
+  auto parsed = Parsed(mb, {2, 3, 5});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  int64_t nodes = 0;
+  auto out = RunCountingNodes(*parsed, {a, b, r}, &nodes);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(nodes, 1);
+  Tensor want = NaiveBatchedMatMul(a, b);
+  for (int64_t i = 0; i < want.num_elements(); ++i) {
+    want.data<float>()[i] = std::max(want.data<float>()[i] / 2.f + r.data<float>()[i], 0.f);
+  }
+  ExpectNear(out[0], want);
+  // The caller's residual is not the accumulator (it is not donated).
+  ExpectNear(r, Filled({2, 3, 5}, 15));
+}
+
+TEST(MatMulFusionTest, ProjectionBiasAndResidualFoldAtEveryPrecision) {
+  // x @ w + bias + x (a transformer's output projection and residual).
+  Tensor x = Filled({2, 4, 8}, 16), w = Filled({8, 8}, 17), bias = Filled({8}, 18);
+  ModelBuilder mb;
+  mb.Input("x", x.shape());
+  mb.Constant("w", w);
+  mb.Constant("bias", bias);
+  mb.Node("MatMul", {"x", "w"}, {"mm"});
+  mb.Node("Add", {"bias", "mm"}, {"p"});
+  mb.Node("Add", {"x", "p"}, {"y"});
+  mb.Output("y");
+  auto parsed = Parsed(mb, {2, 4, 8});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  Tensor want = NaiveDense(x, w, bias, [](float v) { return v; });
+  for (int64_t i = 0; i < want.num_elements(); ++i) want.data<float>()[i] += x.data<float>()[i];
+  int64_t nodes = 0;
+  auto out = RunCountingNodes(*parsed, {x}, &nodes);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(nodes, 1);
+  ExpectNear(out[0], want);
+  for (Precision p : {Precision::kDynamicRange, Precision::kBF16}) {
+    CompileOptions o;
+    o.precision = p;
+    auto s = Session::Compile(*parsed, o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ((*s)->stats().num_nodes, 1);
+    auto ctx = (*s)->NewContext();
+    std::vector<Tensor> got;
+    ASSERT_TRUE((*s)->Run(ctx.get(), {x}, &got).ok());
+    double err = 0, scale = 0;
+    for (int64_t i = 0; i < want.num_elements(); ++i) {
+      err = std::max(err, double(std::fabs(got[0].data<float>()[i] - want.data<float>()[i])));
+      scale = std::max(scale, double(std::fabs(want.data<float>()[i])));
+    }
+    EXPECT_LE(err, 0.02 * scale) << PrecisionName(p);  // int8/bf16 rounding of x @ w only
+  }
+}
+
 TEST(MatMulFusionTest, TransposedActivationsAreReadThroughStrides) {
   // Attention: Q [B,S,H,D] -> [B,H,S,D]; K [B,S,H,D] -> [B,H,D,S]; scores = Q K^T.
   Tensor q = Filled({2, 5, 3, 4}, 11), k = Filled({2, 5, 3, 4}, 12);
@@ -222,14 +299,7 @@ TEST(MatMulFusionTest, TransposedActivationsAreReadThroughStrides) {
   SetInts(mb.Node("Transpose", {"k"}, {"kt"}), "perm", {0, 2, 3, 1});
   mb.Node("MatMul", {"qt", "kt"}, {"y"});
   mb.Output("y");
-  // Parsed from bytes, as a model file is: shape inference gives the operand ranks.
-  onnx::ModelProto model = mb.model();
-  model.mutable_graph()->set_name("attention");
-  auto* y_shape =
-      model.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()
-          ->mutable_shape();
-  for (int64_t d : {2, 3, 5, 5}) y_shape->add_dim()->set_dim_value(d);
-  auto parsed = ParseOnnxModel(model.SerializeAsString(), "attention");
+  auto parsed = Parsed(mb, {2, 3, 5, 5});
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   int64_t nodes = 0;
   auto out = RunCountingNodes(*parsed, {q, k}, &nodes);
