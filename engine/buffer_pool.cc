@@ -59,6 +59,18 @@ void BufferPool::set_max_cached_bytes(size_t bytes) {
   max_cached_ = bytes;
 }
 
+void BufferPool::Drain() {
+  absl::flat_hash_map<size_t, std::vector<void*>> free;
+  {
+    absl::MutexLock lock(&mu_);
+    free.swap(free_);
+    cached_ = 0;
+    max_cached_ = 0;
+  }
+  for (auto& [size, buffers] : free)
+    for (void* p : buffers) std::free(p);
+}
+
 size_t BufferPool::cached_bytes() const {
   absl::MutexLock lock(&mu_);
   return cached_;

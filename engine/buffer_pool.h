@@ -38,6 +38,10 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   std::shared_ptr<void> Allocate(size_t bytes);
 
   void set_max_cached_bytes(size_t bytes);
+  // Frees every cached buffer and caches nothing from now on (buffers still lent are
+  // freed when they come back). For the owner going away: a tensor that outlives its
+  // context (a thread's scratch, a caller's output) must not keep a whole cache alive.
+  void Drain();
   size_t cached_bytes() const;
 
   // The pool installed on this thread, or nullptr.

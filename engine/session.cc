@@ -51,6 +51,7 @@ struct ExecutionContext::Impl {
   // largest activation set a run has needed.
   std::shared_ptr<BufferPool> pool = BufferPool::Create(kMinPoolCap);
   static constexpr size_t kMinPoolCap = size_t{64} << 20;
+  ~Impl() { pool->Drain(); }
   std::vector<std::unique_ptr<KernelState>> states;  // per planned node
 };
 

@@ -68,6 +68,17 @@ TEST(BufferPoolTest, TensorsUseTheInstalledPoolAndMayOutliveIt) {
   EXPECT_TRUE(weak.expired());
 }
 
+TEST(BufferPoolTest, DrainFreesTheCacheAndStopsCaching) {
+  auto pool = BufferPool::Create(size_t{1} << 20);
+  std::shared_ptr<void> lent = pool->Allocate(100000);
+  pool->Allocate(200000).reset();
+  EXPECT_EQ(pool->cached_bytes(), 200704u);
+  pool->Drain();
+  EXPECT_EQ(pool->cached_bytes(), 0u);
+  lent.reset();  // comes back after the drain: freed, not cached
+  EXPECT_EQ(pool->cached_bytes(), 0u);
+}
+
 TEST(BufferPoolTest, ConcurrentAllocateAndRelease) {
   auto pool = BufferPool::Create(size_t{8} << 20);
   std::vector<std::thread> threads;
