@@ -35,6 +35,26 @@ std::shared_ptr<void> BufferPool::Allocate(size_t bytes) {
     }
   }
   if (p == nullptr) {
+    // A size the cache does not hold: make room for it by freeing cached buffers of
+    // other sizes, so shapes that stopped coming (another batch size, sequence length)
+    // do not hold the cap forever.
+    std::vector<void*> evicted;
+    {
+      absl::MutexLock lock(&mu_);
+      for (auto it = free_.begin(); it != free_.end() && cached_ + size > max_cached_;) {
+        while (!it->second.empty() && cached_ + size > max_cached_) {
+          evicted.push_back(it->second.back());
+          it->second.pop_back();
+          cached_ -= it->first;
+        }
+        if (it->second.empty()) {
+          free_.erase(it++);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (void* q : evicted) std::free(q);
     p = std::aligned_alloc(64, size);
     if (p == nullptr) throw std::bad_alloc();
   }

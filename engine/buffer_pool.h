@@ -11,7 +11,8 @@
 // Thread-safety: Allocate and the buffers' release are thread-safe (one mutex). Every
 // buffer holds a reference to its pool, so the pool outlives the tensors it lent.
 // Memory: the pool keeps at most max_cached_bytes of free buffers; returns beyond that
-// are freed at once.
+// are freed at once, and a request for a size it does not hold first frees cached
+// buffers of other sizes until the new one would fit under the cap.
 #ifndef QUANTSERVE_ENGINE_BUFFER_POOL_H_
 #define QUANTSERVE_ENGINE_BUFFER_POOL_H_
 

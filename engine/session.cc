@@ -322,7 +322,9 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
   }
   for (const auto& [s, t] : plan.constants) slots[s] = t;
 
+  // Graph inputs count while they are live (they are released like any value).
   int64_t live_bytes = 0;
+  for (int s : plan.input_slots) live_bytes += static_cast<int64_t>(slots[s].byte_size());
   // Plain copies of channels-last values, made once per value for the kernels that
   // need plain inputs.
   std::vector<Tensor> plain_copies(plan.num_slots);

@@ -1,5 +1,7 @@
 #include "engine/ops/dnnl_util.h"
 
+#include "engine/buffer_pool.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -146,6 +148,8 @@ dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md,
     }
   }
   // A byte tensor as the owner: 64-byte aligned, and shared by reference counting.
+  // Weights live as long as the kernel, not one context's run: not from its pool.
+  BufferPool::Scope no_pool(nullptr);
   Tensor buffer = Tensor::Uninitialized(
       DataType::kUInt8,
       {static_cast<int64_t>(std::max<size_t>(packed_md.get_size(), 1))});

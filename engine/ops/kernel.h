@@ -59,7 +59,9 @@ struct KernelRunContext {
   // Takes over input i's buffer when it is donated; an undefined tensor otherwise.
   Tensor TakeInput(size_t i) const {
     if (i >= donated.size() || donated[i] == nullptr) return Tensor();
-    return std::move(*donated[i]);
+    Tensor t = std::move(*donated[i]);
+    *donated[i] = Tensor();  // a moved-from Tensor keeps its dtype and data pointer
+    return t;
   }
   size_t num_inputs() const { return inputs.size(); }
 };

@@ -22,6 +22,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "engine/buffer_pool.h"
 #include "engine/layout.h"
 #include "engine/ops/dnnl_util.h"
 #include "engine/ops/reduced_precision.h"
@@ -170,6 +171,7 @@ QuantParams PrepareSource(const Common& c, const Tensor& x, State* state) {
   // whole network's activations in u8 (ResNet-50 at batch 8: ~50 MB per context).
   thread_local Tensor shared_scratch;
   if (!shared_scratch.defined() || shared_scratch.num_elements() < n) {
+    BufferPool::Scope no_pool(nullptr);  // lives with the thread, not with one context
     shared_scratch = Tensor::Uninitialized(DataType::kUInt8, {n});
   }
   state->scratch = shared_scratch;

@@ -82,16 +82,19 @@ void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange
   // The readers of `value`, looking through MaxPools for INT8 (max commutes with the
   // monotonic u8 quantization, so a MaxPool on u8 yields the same bytes). False when a
   // MaxPool on the way must stay f32 (it has an Indices output or is a graph output).
-  std::function<bool(const std::string&, std::vector<std::pair<size_t, size_t>>*)>
-      expand = [&](const std::string& value, std::vector<std::pair<size_t, size_t>>* out) {
+  // `pooled` is set when a reader sits behind a MaxPool.
+  std::function<bool(const std::string&, std::vector<std::pair<size_t, size_t>>*, bool*)>
+      expand = [&](const std::string& value, std::vector<std::pair<size_t, size_t>>* out,
+                   bool* pooled) {
         for (const auto& [reader, k] : readers[value]) {
           const Node& c = graph->nodes[reader];
           if (!int8 || c.op_type != "MaxPool" || !c.domain.empty()) {
             out->push_back({reader, k});
             continue;
           }
+          *pooled = true;
           if (c.outputs.size() != 1 || graph_outputs.count(c.outputs[0]) ||
-              readers[c.outputs[0]].empty() || !expand(c.outputs[0], out)) {
+              readers[c.outputs[0]].empty() || !expand(c.outputs[0], out, pooled)) {
             return false;
           }
         }
@@ -102,7 +105,11 @@ void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange
       continue;
     }
     std::vector<std::pair<size_t, size_t>> rs;
-    if (!expand(node.outputs[0], &rs) || rs.empty()) continue;
+    bool pooled = false;
+    if (!expand(node.outputs[0], &rs, &pooled) || rs.empty()) continue;
+    // Readers behind a MaxPool calibrated the pooled tensor: its range is not this
+    // tensor's, so it may not quantize what other readers take raw.
+    if (pooled && readers[node.outputs[0]].size() > 1) continue;
     bool ok = true;
     // Input-0 readers calibrated this very tensor, so their ranges agree; the range
     // seen as a residual (same tensor, same data) serves when there is no such reader.

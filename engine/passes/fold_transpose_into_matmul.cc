@@ -19,9 +19,11 @@ absl::Status FoldTransposeIntoMatMul(Graph* graph) {
   absl::flat_hash_map<std::string, size_t> producer;
   for (size_t i = 0; i < graph->nodes.size(); ++i)
     for (const auto& o : graph->nodes[i].outputs) producer[o] = i;
+  // The rank of an FP32 value (the MatMul kernel reads strided FP32 only), or -1.
   auto rank_of = [&](const std::string& v) -> int64_t {
     auto it = graph->value_info.find(v);
-    return it != graph->value_info.end() && it->second.has_shape
+    return it != graph->value_info.end() && it->second.has_shape &&
+                   it->second.dtype == DataType::kFloat32
                ? static_cast<int64_t>(it->second.shape.size())
                : -1;
   };

@@ -36,27 +36,42 @@ absl::Status FuseMatMulBiasActivation(Graph* graph) {
   for (size_t i = 0; i < graph->nodes.size(); ++i)
     for (const auto& in : graph->nodes[i].inputs) readers[in].push_back(i);
   for (const auto& o : graph->outputs) readers[o.name].push_back(SIZE_MAX);
-  // The one node reading `value`, or nullptr (several readers, a graph output).
+  // Positions already rewritten (absorbed nodes, and the fused nodes placed there): the
+  // reader lists built above no longer describe them.
+  std::vector<bool> removed(graph->nodes.size(), false), rewritten(graph->nodes.size(), false);
+  // The one node reading `value`, or SIZE_MAX (several readers, a graph output, a node
+  // an earlier fusion rewrote).
   auto only_reader = [&](const std::string& value) -> size_t {
     auto it = readers.find(value);
-    return it != readers.end() && it->second.size() == 1 ? it->second[0] : SIZE_MAX;
+    if (it == readers.end() || it->second.size() != 1) return SIZE_MAX;
+    const size_t j = it->second[0];
+    return j == SIZE_MAX || rewritten[j] ? SIZE_MAX : j;
   };
-
-  // Inferred shapes; graph inputs are not in value_info.
-  auto value_shape = [&](const std::string& v) -> const Shape* {
+  // Inferred type and shape; graph inputs are not in value_info.
+  auto value_info = [&](const std::string& v) -> const ValueInfo* {
     auto it = graph->value_info.find(v);
-    if (it != graph->value_info.end()) return it->second.has_shape ? &it->second.shape : nullptr;
+    if (it != graph->value_info.end()) return &it->second;
     for (const auto& in : graph->inputs)
-      if (in.name == v) return in.has_shape ? &in.shape : nullptr;
+      if (in.name == v) return &in;
     return nullptr;
   };
+  auto value_shape = [&](const std::string& v) -> const Shape* {
+    const ValueInfo* vi = value_info(v);
+    return vi != nullptr && vi->has_shape ? &vi->shape : nullptr;
+  };
 
-  std::vector<bool> removed(graph->nodes.size(), false);
   for (size_t i = 0; i < graph->nodes.size(); ++i) {
-    if (graph->nodes[i].op_type != "MatMul" || !graph->nodes[i].domain.empty() ||
-        graph->nodes[i].inputs.size() != 2 || graph->nodes[i].outputs.size() != 1) {
+    const Node& mm = graph->nodes[i];
+    // (A node fused here earlier and placed further on keeps op MatMul: rewritten.)
+    if (mm.op_type != "MatMul" || !mm.domain.empty() || mm.inputs.size() != 2 ||
+        mm.outputs.size() != 1 || rewritten[i]) {
       continue;
     }
+    // The kernels fuse FP32 only (an FP32 constant W implies an FP32 A).
+    const Tensor* w = Constant(*graph, mm.inputs[1]);
+    const bool const_w = w != nullptr && w->dtype() == DataType::kFloat32 && w->rank() == 2;
+    const ValueInfo* a_info = value_info(mm.inputs[0]);
+    if (!const_w && (a_info == nullptr || a_info->dtype != DataType::kFloat32)) continue;
     Node f = graph->nodes[i];
     // The fused node takes the place of the last node it absorbs: by then every input
     // of the absorbed nodes (e.g. a residual) exists.
@@ -64,6 +79,7 @@ absl::Status FuseMatMulBiasActivation(Graph* graph) {
     auto absorb = [&](size_t j) {
       f.outputs[0] = graph->nodes[j].outputs[0];
       removed[j] = true;
+      rewritten[j] = true;
       pos = j;
     };
     // The binary node reading the current output alone, and its other operand.
@@ -80,13 +96,14 @@ absl::Status FuseMatMulBiasActivation(Graph* graph) {
       if (std::string(op) == "Div" && !first) return SIZE_MAX;  // c / x is no scale
       return j;
     };
-    const Tensor* w = Constant(*graph, f.inputs[1]);
-    const bool const_w = w != nullptr && w->dtype() == DataType::kFloat32 && w->rank() == 2;
     std::string other;
     if (const_w) {  // bias
       const size_t j = next_binary("Add", &other);
       const Tensor* b = j == SIZE_MAX ? nullptr : Constant(*graph, other);
-      if (IsBias(b, w->dim(1))) {
+      // A bias of higher rank than the product would raise the Add's output rank.
+      const Shape* out = value_shape(f.outputs[0]);
+      const size_t out_rank = out != nullptr ? out->size() : 1;
+      if (IsBias(b, w->dim(1)) && static_cast<size_t>(b->rank()) <= out_rank) {
         std::string bias = other;
         if (b->rank() != 1) {  // the kernels take a 1-D bias
           bias = absl::StrCat(other, "/qs_bias_1d");
@@ -115,8 +132,12 @@ absl::Status FuseMatMulBiasActivation(Graph* graph) {
       const size_t j = next_binary("Add", &other);
       const Shape* a = value_shape(f.outputs[0]);
       const Shape* r = value_shape(other);
-      if (j != SIZE_MAX && !Constant(*graph, other) && a != nullptr && r != nullptr &&
-          *a == *r) {
+      // Equal shapes with every dim known but the leading (batch) one: a symbolic dim
+      // could still broadcast at run time, which the sum post-op cannot.
+      bool same = j != SIZE_MAX && !Constant(*graph, other) && a != nullptr && r != nullptr &&
+                  *a == *r && !a->empty();
+      for (size_t d = 1; same && d < a->size(); ++d) same = (*a)[d] > 0;
+      if (same) {
         f.inputs.resize(3);  // keep an absent bias as ""
         f.inputs.push_back(other);
         f.attrs.SetInt(kFusedSumAttr, 1);
@@ -139,6 +160,7 @@ absl::Status FuseMatMulBiasActivation(Graph* graph) {
     // Readers of the new output now see the fused node.
     removed[i] = true;
     removed[pos] = false;
+    rewritten[i] = true;
     graph->nodes[pos] = std::move(f);
   }
   graph->RemoveNodes(removed);

@@ -68,6 +68,17 @@ TEST(BufferPoolTest, TensorsUseTheInstalledPoolAndMayOutliveIt) {
   EXPECT_TRUE(weak.expired());
 }
 
+TEST(BufferPoolTest, ANewSizeEvictsOtherSizesToFitUnderTheCap) {
+  auto pool = BufferPool::Create(300 * 1024);
+  pool->Allocate(100 * 1024).reset();
+  pool->Allocate(200 * 1024).reset();
+  EXPECT_EQ(pool->cached_bytes(), 300u * 1024);
+  std::shared_ptr<void> c = pool->Allocate(150 * 1024);  // a size that stopped coming
+  c.reset();                                              // ... makes room, then is cached
+  EXPECT_LE(pool->cached_bytes(), 300u * 1024);
+  EXPECT_GE(pool->cached_bytes(), 150u * 1024);
+}
+
 TEST(BufferPoolTest, DrainFreesTheCacheAndStopsCaching) {
   auto pool = BufferPool::Create(size_t{1} << 20);
   std::shared_ptr<void> lent = pool->Allocate(100000);

@@ -155,23 +155,6 @@ TEST(MatMulFusionTest, BiasAndErfGeluFoldIntoTheMatMul) {
              }));
 }
 
-TEST(MatMulFusionTest, RowBiasFirstOperandAndRelu) {
-  Tensor a = Filled({4, 6}, 4), w = Filled({6, 3}, 5), bias = Filled({1, 3}, 6);
-  ModelBuilder mb;
-  mb.Input("a", a.shape());
-  mb.Constant("w", w);
-  mb.Constant("bias", bias);
-  mb.Node("MatMul", {"a", "w"}, {"mm"});
-  mb.Node("Add", {"bias", "mm"}, {"x"});
-  mb.Node("Relu", {"x"}, {"y"});
-  mb.Output("y");
-  int64_t nodes = 0;
-  auto out = RunCountingNodes(mb.model(), {a}, &nodes);
-  ASSERT_EQ(out.size(), 1u);
-  EXPECT_EQ(nodes, 1);
-  ExpectNear(out[0], NaiveDense(a, w, bias, [](float v) { return std::max(v, 0.f); }));
-}
-
 TEST(MatMulFusionTest, ActivationStaysSeparateWhenTheSumIsAlsoAnOutput) {
   Tensor a = Filled({4, 6}, 7), w = Filled({6, 3}, 8), bias = Filled({3}, 9);
   ModelBuilder mb;
@@ -221,6 +204,25 @@ absl::StatusOr<onnx::ModelProto> Parsed(const ModelBuilder& mb, const Shape& y_s
                     ->mutable_tensor_type()->mutable_shape();
   for (int64_t d : y_shape) shape->add_dim()->set_dim_value(d);
   return ParseOnnxModel(model.SerializeAsString(), "fusion");
+}
+
+TEST(MatMulFusionTest, RowBiasFirstOperandAndRelu) {
+  Tensor a = Filled({4, 6}, 4), w = Filled({6, 3}, 5), bias = Filled({1, 3}, 6);
+  ModelBuilder mb;
+  mb.Input("a", a.shape());
+  mb.Constant("w", w);
+  mb.Constant("bias", bias);
+  mb.Node("MatMul", {"a", "w"}, {"mm"});
+  mb.Node("Add", {"bias", "mm"}, {"x"});
+  mb.Node("Relu", {"x"}, {"y"});
+  mb.Output("y");
+  auto parsed = Parsed(mb, {4, 3});  // shape inference: the bias does not raise the rank
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  int64_t nodes = 0;
+  auto out = RunCountingNodes(*parsed, {a}, &nodes);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(nodes, 1);
+  ExpectNear(out[0], NaiveDense(a, w, bias, [](float v) { return std::max(v, 0.f); }));
 }
 
 TEST(MatMulFusionTest, ScoresScaleAndResidualFoldIntoTheMatMul) {
@@ -287,6 +289,57 @@ TEST(MatMulFusionTest, ProjectionBiasAndResidualFoldAtEveryPrecision) {
     }
     EXPECT_LE(err, 0.02 * scale) << PrecisionName(p);  // int8/bf16 rounding of x @ w only
   }
+}
+
+TEST(MatMulFusionTest, AFusedMatMulIsNotFusedAgain) {
+  // relu(x @ w) + x: the Relu folds in; the Add after it must stay outside it (the
+  // kernel applies the sum before the activation).
+  Tensor x = Filled({2, 4, 8}, 19), w = Filled({8, 8}, 20);
+  ModelBuilder mb;
+  mb.Input("x", x.shape());
+  mb.Constant("w", w);
+  mb.Node("MatMul", {"x", "w"}, {"mm"});
+  mb.Node("Relu", {"mm"}, {"r"});
+  mb.Node("Add", {"r", "x"}, {"y"});
+  mb.Output("y");
+  auto parsed = Parsed(mb, {2, 4, 8});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  int64_t nodes = 0;
+  auto out = RunCountingNodes(*parsed, {x}, &nodes);
+  ASSERT_EQ(out.size(), 1u);
+  Tensor zero(DataType::kFloat32, {8});
+  Tensor want = NaiveDense(x, w, zero, [](float v) { return std::max(v, 0.f); });
+  for (int64_t i = 0; i < want.num_elements(); ++i) want.data<float>()[i] += x.data<float>()[i];
+  ExpectNear(out[0], want);
+}
+
+TEST(MatMulFusionTest, TwoMatMulsSummedKeepTheirProducers) {
+  // relu(x @ w1 + h @ w2) (an RNN cell's shape): one MatMul takes the other's output as
+  // its residual; the other must not then absorb the same, already rewritten, Add.
+  Tensor x = Filled({3, 8}, 21), h = Filled({3, 8}, 22), w1 = Filled({8, 8}, 23),
+         w2 = Filled({8, 8}, 24);
+  ModelBuilder mb;
+  mb.Input("x", x.shape());
+  mb.Input("h", h.shape());
+  mb.Constant("w1", w1);
+  mb.Constant("w2", w2);
+  mb.Node("MatMul", {"x", "w1"}, {"a"});
+  mb.Node("MatMul", {"h", "w2"}, {"b"});
+  mb.Node("Add", {"a", "b"}, {"s"});
+  mb.Node("Relu", {"s"}, {"y"});
+  mb.Output("y");
+  auto parsed = Parsed(mb, {3, 8});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  int64_t nodes = 0;
+  auto out = RunCountingNodes(*parsed, {x, h}, &nodes);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(nodes, 2);
+  Tensor want = NaiveBatchedMatMul(x, w1);
+  const Tensor hb = NaiveBatchedMatMul(h, w2);
+  for (int64_t i = 0; i < want.num_elements(); ++i) {
+    want.data<float>()[i] = std::max(want.data<float>()[i] + hb.data<float>()[i], 0.f);
+  }
+  ExpectNear(out[0], want);
 }
 
 TEST(MatMulFusionTest, TransposedActivationsAreReadThroughStrides) {
