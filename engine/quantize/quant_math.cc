@@ -6,6 +6,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -125,9 +127,34 @@ QuantizedWeights QuantizeWeightsPerColumn(const Tensor& w) {
   return QuantizeStrided(w, n, w.num_elements() / std::max<int64_t>(1, n), 1);
 }
 
-void MinMax(const float* x, int64_t n, float* mn, float* mx) {
+namespace {
+
+// Runs fn(begin, end, chunk_index) over [0, n) in one contiguous chunk per OpenMP thread
+// (the caller's thread budget) when n is large enough for the fork to pay off: the
+// DYNAMIC_RANGE min/max and quantize passes sit on every quantized MatMul's critical
+// path, between two multi-threaded oneDNN primitives. Returns the chunk count.
+template <typename Fn>
+int ForChunks(int64_t n, Fn fn) {
+  constexpr int64_t kParallelMin = int64_t{1} << 16;
+  const int threads = n >= kParallelMin ? std::max(1, omp_get_max_threads()) : 1;
+  if (threads == 1) {
+    fn(int64_t{0}, n, 0);
+    return 1;
+  }
+  // Chunks of whole cache lines of floats.
+  const int64_t chunk = ((n + threads - 1) / threads + 15) / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int t = 0; t < threads; ++t) {
+    const int64_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
+    fn(begin, end, t);
+  }
+  return threads;
+}
+
+void MinMaxSerial(const float* x, int64_t n, float* mn, float* mx) {
   if (n <= 0) {
-    *mn = *mx = 0.f;
+    *mn = std::numeric_limits<float>::infinity();
+    *mx = -std::numeric_limits<float>::infinity();
     return;
   }
   if (HasAvx512()) {
@@ -139,7 +166,8 @@ void MinMax(const float* x, int64_t n, float* mn, float* mx) {
   *mx = *hi;
 }
 
-void QuantizeU8(const float* x, int64_t n, float scale, int32_t zero_point, uint8_t* q) {
+void QuantizeU8Serial(const float* x, int64_t n, float scale, int32_t zero_point,
+                      uint8_t* q) {
   if (HasAvx512()) {
     QuantizeU8Avx512(x, n, scale, zero_point, q);
     return;
@@ -149,6 +177,33 @@ void QuantizeU8(const float* x, int64_t n, float scale, int32_t zero_point, uint
     const int32_t v = static_cast<int32_t>(std::nearbyint(x[i] * inv)) + zero_point;
     q[i] = static_cast<uint8_t>(std::clamp(v, 0, 255));
   }
+}
+
+}  // namespace
+
+void MinMax(const float* x, int64_t n, float* mn, float* mx) {
+  if (n <= 0) {
+    *mn = *mx = 0.f;
+    return;
+  }
+  constexpr int kMaxChunks = 256;
+  float lo[kMaxChunks], hi[kMaxChunks];
+  const int chunks = ForChunks(n, [&](int64_t begin, int64_t end, int t) {
+    if (t < kMaxChunks) MinMaxSerial(x + begin, end - begin, &lo[t], &hi[t]);
+  });
+  *mn = lo[0];
+  *mx = hi[0];
+  for (int t = 1; t < std::min(chunks, kMaxChunks); ++t) {
+    *mn = std::min(*mn, lo[t]);
+    *mx = std::max(*mx, hi[t]);
+  }
+  if (chunks > kMaxChunks) MinMaxSerial(x, n, mn, mx);  // (more threads than slots)
+}
+
+void QuantizeU8(const float* x, int64_t n, float scale, int32_t zero_point, uint8_t* q) {
+  ForChunks(n, [&](int64_t begin, int64_t end, int) {
+    QuantizeU8Serial(x + begin, end - begin, scale, zero_point, q + begin);
+  });
 }
 
 void DequantizeU8(const uint8_t* q, int64_t n, float scale, int32_t zero_point, float* x) {
