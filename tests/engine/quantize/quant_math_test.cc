@@ -1,5 +1,7 @@
 #include "engine/quantize/quant_math.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -58,6 +60,31 @@ TEST(QuantMathTest, MinMaxMatchesStdOnOddLengths) {
     MinMax(x.data(), n, &lo, &hi);
     EXPECT_EQ(lo, *std::min_element(x.begin(), x.end())) << n;
     EXPECT_EQ(hi, *std::max_element(x.begin(), x.end())) << n;
+  }
+}
+
+TEST(QuantMathTest, LargeInputsSplitAcrossThreadsMatchOneThread) {
+  // Above 64K elements MinMax and QuantizeU8 split the work across OpenMP threads; the
+  // extremes sit in the last chunk and past its cache-line boundary.
+  omp_set_num_threads(2);
+  const int64_t n = 200003;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> g(0.f, 3.f);
+  std::vector<float> x(n);
+  for (float& v : x) v = g(rng);
+  x[n - 2] = -40.f;
+  x[n - 1] = 50.f;
+  float lo, hi;
+  MinMax(x.data(), n, &lo, &hi);
+  EXPECT_EQ(lo, -40.f);
+  EXPECT_EQ(hi, 50.f);
+  const QuantParams p = ComputeU8Params(lo, hi);
+  std::vector<uint8_t> q(n);
+  QuantizeU8(x.data(), n, p.scale, p.zero_point, q.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const int want = std::clamp(
+        static_cast<int>(std::nearbyint(x[i] * (1.f / p.scale))) + p.zero_point, 0, 255);
+    ASSERT_EQ(q[i], want) << "at " << i;
   }
 }
 
