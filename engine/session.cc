@@ -97,7 +97,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Compile(
     QS_RETURN_IF_ERROR(FoldBatchNormIntoConv(&graph));
     QS_RETURN_IF_ERROR(FuseGelu(&graph));
     QS_RETURN_IF_ERROR(FuseLayerNorm(&graph));
-    QS_RETURN_IF_ERROR(FuseMatMulBiasActivation(&graph));
+    QS_RETURN_IF_ERROR(FuseMatMulPostOps(&graph));
     QS_RETURN_IF_ERROR(FoldTransposeIntoMatMul(&graph));
     QS_RETURN_IF_ERROR(FuseConvAdd(&graph));
     QS_RETURN_IF_ERROR(FuseConvActivation(&graph));

@@ -34,7 +34,7 @@ inline constexpr char kFusedActivationParamsAttr[] = "qs_fused_activation_params
 // Set by FuseConvAdd: input 3 of the Conv is added to its output (before the fused
 // activation).
 inline constexpr char kFusedSumAttr[] = "qs_fused_sum";
-// Set by FuseMatMulBiasActivation: the MatMul's output is multiplied by this scalar.
+// Set by FuseMatMulPostOps: the MatMul's output is multiplied by this scalar.
 inline constexpr char kMatMulScaleAttr[] = "qs_scale";
 // Set by FoldTransposeIntoMatMul: MatMul input 0 / 1 is read as Transpose(input, perm).
 inline constexpr char kPermAAttr[] = "qs_perm_a";

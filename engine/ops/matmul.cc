@@ -122,7 +122,7 @@ struct MatMulState : KernelState {
 
 // ---------------------------------------------------------------- MatMul -----------
 
-// Also runs the MatMul that FuseMatMulBiasActivation extended: a constant bias [N] as
+// Also runs the MatMul that FuseMatMulPostOps extended: a constant bias [N] as
 // input 2 and a fused activation, both in the oneDNN primitive (2-D constant B only).
 class MatMulKernel : public Kernel {
  public:
@@ -543,7 +543,7 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeMatMul(const KernelInit& init) {
   QS_RETURN_IF_ERROR(CheckAttributes(node, {kFusedActivationAttr, kFusedActivationParamsAttr,
                                             kPermAAttr, kPermBAttr, kMatMulScaleAttr,
                                             kFusedSumAttr}));
-  // Inputs 2 (bias) and 3 (residual) are what FuseMatMulBiasActivation folded in.
+  // Inputs 2 (bias) and 3 (residual) are what FuseMatMulPostOps folded in.
   const bool fused_sum = node.attrs.GetInt(kFusedSumAttr, 0) != 0;
   if (node.inputs.size() != (fused_sum ? 4u : 2u) && !(node.inputs.size() == 3 && !fused_sum)) {
     return NodeError(node, "needs 2 inputs");

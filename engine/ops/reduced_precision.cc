@@ -526,7 +526,7 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedMatMul(const KernelInit& init
   QS_ASSIGN_OR_RETURN(Common c, ParseCommon(node));
   bool transposed = false;
   if (node.op_type == "MatMul" && node.inputs.size() > 2 &&
-      !node.inputs[2].empty()) {  // FuseMatMulBiasActivation
+      !node.inputs[2].empty()) {  // FuseMatMulPostOps
     const Tensor* b = init.constant(2);
     if (b == nullptr || b->dtype() != DataType::kFloat32 || b->num_elements() != w->dim(1)) {
       return NodeError(node, "a fused bias must be a constant FP32 [N]");

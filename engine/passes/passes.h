@@ -55,10 +55,11 @@ absl::Status FuseGelu(Graph* graph);
 // X's inferred last dimension.
 absl::Status FuseLayerNorm(Graph* graph);
 
-// Folds the bias Add (a constant [N]) that follows a MatMul with constant 2-D weights
-// [K, N] into the MatMul (as its input 2), and a following kGeluOp or Relu into it as a
-// fused activation: one oneDNN primitive instead of three passes over the output.
-absl::Status FuseMatMulBiasActivation(Graph* graph);
+// Folds what follows a MatMul into its oneDNN primitive, step by step while each value
+// has one reader: a constant bias [N] (MatMul with constant 2-D weights [K, N]; becomes
+// input 2), a scalar scale (activation x activation), a residual Add of the same shape
+// (input 3, sum post-op) and a kGeluOp or Relu (fused activation).
+absl::Status FuseMatMulPostOps(Graph* graph);
 
 // Folds a Transpose that only feeds an activation x activation MatMul (attention's
 // K^T, and the head split of Q, K, V) into the MatMul, which then reads the untransposed

@@ -31,7 +31,7 @@ bool IsBias(const Tensor* t, int64_t n) {
 
 }  // namespace
 
-absl::Status FuseMatMulBiasActivation(Graph* graph) {
+absl::Status FuseMatMulPostOps(Graph* graph) {
   absl::flat_hash_map<std::string, std::vector<size_t>> readers;
   for (size_t i = 0; i < graph->nodes.size(); ++i)
     for (const auto& in : graph->nodes[i].inputs) readers[in].push_back(i);
