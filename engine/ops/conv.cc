@@ -158,13 +158,7 @@ class ConvKernel : public Kernel {
         return RunError("fused residual does not match the output ",
                         ShapeToString(plan->out_shape));
       }
-      const bool nhwc = r->layout() == Layout::kChannelsLast || LayoutIsTrivial(r->shape());
-      y = nhwc ? ctx.TakeInput(3) : Tensor();
-      if (!y.defined()) {
-        y = ToChannelsLast(*r);
-        if (y.raw_data() == r->raw_data()) y = y.Clone();
-      }
-      y.set_layout(Layout::kChannelsLast);
+      y = AccumulatorFromInput(ctx, 3, Layout::kChannelsLast);
     } else {
       y = Tensor::Uninitialized(DataType::kFloat32, plan->out_shape);
       y.set_layout(Layout::kChannelsLast);

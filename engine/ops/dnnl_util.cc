@@ -1,6 +1,7 @@
 #include "engine/ops/dnnl_util.h"
 
 #include "engine/buffer_pool.h"
+#include "engine/layout.h"
 
 #include <algorithm>
 #include <cstring>
@@ -27,6 +28,17 @@ absl::StatusOr<int> NormalizeAxis(int64_t axis, int rank) {
         absl::StrCat("axis ", axis, " is out of range for rank ", rank));
   }
   return static_cast<int>(axis < 0 ? axis + rank : axis);
+}
+
+Tensor AccumulatorFromInput(KernelRunContext& ctx, size_t i, Layout layout) {
+  const Tensor& r = *ctx.input(i);
+  Tensor y = r.layout() == layout || LayoutIsTrivial(r.shape()) ? ctx.TakeInput(i) : Tensor();
+  if (!y.defined()) {
+    y = layout == Layout::kChannelsLast ? ToChannelsLast(r) : ToPlain(r);
+    if (y.raw_data() == r.raw_data()) y = y.Clone();  // no conversion was needed: copy
+  }
+  y.set_layout(layout);
+  return y;
 }
 
 absl::StatusOr<FusedActivation> ParseFusedActivation(const Node& node) {

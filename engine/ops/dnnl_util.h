@@ -50,6 +50,13 @@ absl::Status CheckAttributes(const Node& node,
 // out of range.
 absl::StatusOr<int> NormalizeAxis(int64_t axis, int rank);
 
+// ---- fused sums ---------------------------------------------------------------------
+
+// The buffer a fused sum post-op accumulates into, starting as input `i` (same dtype):
+// that input's own buffer when the session donated it and it already has `layout` (or
+// its shape makes the layout immaterial), otherwise a copy in `layout`. Tagged `layout`.
+Tensor AccumulatorFromInput(KernelRunContext& ctx, size_t i, Layout layout);
+
 // ---- fused activations (post-ops) --------------------------------------------------
 
 struct FusedActivation {

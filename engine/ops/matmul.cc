@@ -299,9 +299,7 @@ class MatMulKernel : public Kernel {
     if (r == nullptr || r->dtype() != DataType::kFloat32 || r->shape() != out) {
       return RunError("the fused residual must be FP32 ", ShapeToString(out));
     }
-    Tensor y = r->layout() == Layout::kPlain ? ctx.TakeInput(3) : Tensor();
-    if (!y.defined()) y = ToPlain(*r).Clone();
-    return y;
+    return AccumulatorFromInput(ctx, 3, Layout::kPlain);
   }
 
   // `shape` permuted by `perm` (unchanged for an empty perm).

@@ -328,15 +328,7 @@ class ReducedConvKernel : public Kernel {
     const DataType dst_type = c_.u8_out     ? DataType::kUInt8
                               : c_.bf16_out ? DataType::kBFloat16
                                             : DataType::kFloat32;
-    const bool nhwc = r.layout() == Layout::kChannelsLast || LayoutIsTrivial(r.shape());
-    if (r.dtype() == dst_type) {
-      Tensor y = nhwc ? ctx.TakeInput(3) : Tensor();
-      if (!y.defined()) {
-        y = ToChannelsLast(r);
-        if (y.raw_data() == r.raw_data()) y = y.Clone();
-      }
-      return y;
-    }
+    if (r.dtype() == dst_type) return AccumulatorFromInput(ctx, 3, Layout::kChannelsLast);
     const Tensor src = ToChannelsLast(r);
     if (dst_type == DataType::kBFloat16 || r.dtype() == DataType::kBFloat16) {
       return CastTensor(src, dst_type);
@@ -476,8 +468,7 @@ class ReducedMatMulKernel : public Kernel {
       if (r == nullptr || r->dtype() != DataType::kFloat32 || r->shape() != out) {
         return RunError("the fused residual must be FP32 ", ShapeToString(out));
       }
-      y = r->layout() == Layout::kPlain ? ctx.TakeInput(3) : Tensor();
-      if (!y.defined()) y = ToPlain(*r).Clone();
+      y = AccumulatorFromInput(ctx, 3, Layout::kPlain);
     } else {
       y = Tensor::Uninitialized(DataType::kFloat32, out);
     }
