@@ -74,11 +74,7 @@ void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange
   const bool int8 = std::string(precision) == kPrecisionStatic;
   absl::flat_hash_set<std::string> graph_outputs;
   for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
-  absl::flat_hash_map<std::string, std::vector<std::pair<size_t, size_t>>> readers;
-  for (size_t i = 0; i < graph->nodes.size(); ++i) {
-    const auto& ins = graph->nodes[i].inputs;
-    for (size_t k = 0; k < ins.size(); ++k) readers[ins[k]].push_back({i, k});
-  }
+  InputReaderMap readers = InputReaders(*graph);
   // The readers of `value`, looking through MaxPools for INT8 (max commutes with the
   // monotonic u8 quantization, so a MaxPool on u8 yields the same bytes). False when a
   // MaxPool on the way must stay f32 (it has an Indices output or is a graph output).

@@ -16,13 +16,8 @@ bool IsF32Const(const Graph& g, const std::string& name, int64_t n) {
 }  // namespace
 
 absl::Status FoldBatchNormIntoConv(Graph* graph) {
-  absl::flat_hash_map<std::string, int> consumers;
-  for (const auto& node : graph->nodes)
-    for (const auto& in : node.inputs) consumers[in]++;
-  for (const auto& o : graph->outputs) consumers[o.name]++;
-  absl::flat_hash_map<std::string, size_t> producer;
-  for (size_t i = 0; i < graph->nodes.size(); ++i)
-    for (const auto& o : graph->nodes[i].outputs) producer[o] = i;
+  absl::flat_hash_map<std::string, int> consumers = CountReaders(*graph);
+  absl::flat_hash_map<std::string, size_t> producer = Producers(*graph);
 
   absl::flat_hash_set<size_t> removed;
   for (size_t i = 0; i < graph->nodes.size(); ++i) {

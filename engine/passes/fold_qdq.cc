@@ -171,11 +171,7 @@ bool IsStaticConv(const Node& n) {
 void ChainQdqConvs(Graph* graph) {
   absl::flat_hash_set<std::string> graph_outputs;
   for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
-  absl::flat_hash_map<std::string, std::vector<std::pair<size_t, size_t>>> readers;
-  for (size_t i = 0; i < graph->nodes.size(); ++i) {
-    const auto& ins = graph->nodes[i].inputs;
-    for (size_t k = 0; k < ins.size(); ++k) readers[ins[k]].push_back({i, k});
-  }
+  InputReaderMap readers = InputReaders(*graph);
   for (Node& node : graph->nodes) {
     if (!IsStaticConv(node) || node.attrs.Has(kFusedSumAttr) ||
         node.attrs.Has(kFusedActivationAttr) || node.attrs.Has(kOutMinAttr) ||
@@ -208,12 +204,7 @@ void ChainQdqConvs(Graph* graph) {
 }  // namespace
 
 absl::Status FoldQdqIntoReducedPrecision(Graph* graph) {
-  absl::flat_hash_map<std::string, size_t> producer;
-  for (size_t i = 0; i < graph->nodes.size(); ++i) {
-    for (const auto& o : graph->nodes[i].outputs) {
-      if (!o.empty()) producer[o] = i;
-    }
-  }
+  absl::flat_hash_map<std::string, size_t> producer = Producers(*graph);
   absl::flat_hash_set<std::string> graph_outputs;
   for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
   auto produced_by = [&](const std::string& name, const char* op) -> Node* {

@@ -12,13 +12,10 @@
 namespace qs {
 
 absl::Status FoldTransposeIntoMatMul(Graph* graph) {
-  absl::flat_hash_map<std::string, int> readers;
-  for (const auto& node : graph->nodes)
-    for (const auto& in : node.inputs) readers[in]++;
-  for (const auto& o : graph->outputs) readers[o.name] += 2;  // never fold an output
-  absl::flat_hash_map<std::string, size_t> producer;
-  for (size_t i = 0; i < graph->nodes.size(); ++i)
-    for (const auto& o : graph->nodes[i].outputs) producer[o] = i;
+  // (A graph output counts as a reader: a Transpose whose output is also a graph output
+  // is never folded.)
+  absl::flat_hash_map<std::string, int> readers = CountReaders(*graph);
+  const absl::flat_hash_map<std::string, size_t> producer = Producers(*graph);
   // The rank of an FP32 value (the MatMul kernel reads strided FP32 only), or -1.
   auto rank_of = [&](const std::string& v) -> int64_t {
     auto it = graph->value_info.find(v);

@@ -66,13 +66,8 @@ void Annotate(const FusedActivation& act, Node* conv) {
 }  // namespace
 
 absl::Status FuseConvActivation(Graph* graph) {
-  absl::flat_hash_map<std::string, int> consumers;
-  for (const auto& node : graph->nodes)
-    for (const auto& in : node.inputs) consumers[in]++;
-  for (const auto& o : graph->outputs) consumers[o.name]++;
-  absl::flat_hash_map<std::string, size_t> producer;
-  for (size_t i = 0; i < graph->nodes.size(); ++i)
-    for (const auto& o : graph->nodes[i].outputs) producer[o] = i;
+  absl::flat_hash_map<std::string, int> consumers = CountReaders(*graph);
+  absl::flat_hash_map<std::string, size_t> producer = Producers(*graph);
 
   std::vector<bool> removed(graph->nodes.size(), false);
   for (size_t i = 0; i < graph->nodes.size(); ++i) {

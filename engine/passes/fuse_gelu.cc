@@ -31,11 +31,9 @@ std::string Other(const Node& n, const std::string& name) {
 
 absl::Status FuseGelu(Graph* graph) {
   absl::flat_hash_map<std::string, std::vector<size_t>> readers;
-  absl::flat_hash_map<std::string, size_t> producer;
-  for (size_t i = 0; i < graph->nodes.size(); ++i) {
+  const absl::flat_hash_map<std::string, size_t> producer = Producers(*graph);
+  for (size_t i = 0; i < graph->nodes.size(); ++i)
     for (const auto& in : graph->nodes[i].inputs) readers[in].push_back(i);
-    for (const auto& o : graph->nodes[i].outputs) producer[o] = i;
-  }
   for (const auto& o : graph->outputs) readers[o.name].push_back(SIZE_MAX);
   auto only_reader = [&](const std::string& v) -> const Node* {
     auto it = readers.find(v);

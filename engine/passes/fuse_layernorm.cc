@@ -108,13 +108,12 @@ absl::Status FuseLayerNorm(Graph* graph) {
   // Readers of each value, one entry per reading node (Mul(d, d) reads d once), and
   // kNoNode for a graph output.
   absl::flat_hash_map<std::string, std::vector<size_t>> readers;
-  absl::flat_hash_map<std::string, size_t> producer;
+  const absl::flat_hash_map<std::string, size_t> producer = Producers(*graph);
   for (size_t i = 0; i < graph->nodes.size(); ++i) {
     for (const auto& in : graph->nodes[i].inputs) {
       auto& r = readers[in];
       if (r.empty() || r.back() != i) r.push_back(i);
     }
-    for (const auto& o : graph->nodes[i].outputs) producer[o] = i;
   }
   for (const auto& o : graph->outputs) readers[o.name].push_back(kNoNode);
   auto only_reader = [&](const std::string& v) -> size_t {

@@ -2,14 +2,28 @@
 #ifndef QUANTSERVE_ENGINE_PASSES_PASSES_H_
 #define QUANTSERVE_ENGINE_PASSES_PASSES_H_
 
-#include "absl/status/status.h"
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
 #include "engine/calibrate.h"
 #include "engine/graph.h"
 #include "engine/session.h"
 
 namespace qs {
+
+// Indexes over the graph's values as of the call (a pass that rewrites nodes keeps its
+// copy up to date itself). CountReaders: per value, the node inputs reading it, a graph
+// output counting as one more. Producers: per value, the index of the node writing it.
+// InputReaders: per value, every (node index, input index) reading it (graph outputs
+// not included).
+using InputReaderMap =
+    absl::flat_hash_map<std::string, std::vector<std::pair<size_t, size_t>>>;
+absl::flat_hash_map<std::string, int> CountReaders(const Graph& graph);
+absl::flat_hash_map<std::string, size_t> Producers(const Graph& graph);
+InputReaderMap InputReaders(const Graph& graph);
 
 // Removes Identity and inference-mode Dropout, rewiring consumers (and graph outputs)
 // to the node's input.
