@@ -188,14 +188,17 @@ absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildPlan(
   for (const auto& out : graph.outputs) plan->output_slots.push_back(slot(out.name));
 
   // Constants that only reduced-precision kernels use as weights or bias were consumed
-  // at kernel creation (quantized and packed): the plan does not keep the FP32 copy.
+  // at kernel creation (quantized and packed), as were the weights FP32 kernels pack:
+  // the plan does not keep the unpacked copy.
   {
     std::vector<bool> needed(plan->num_slots, false);
     for (size_t i = 0; i < graph.nodes.size(); ++i) {
       const bool reduced = graph.nodes[i].attrs.Has(kPrecisionAttr);
+      const Kernel& kernel = *plan->nodes[i].kernel;
       const auto& ins = plan->nodes[i].inputs;
       for (size_t k = 0; k < ins.size(); ++k) {
-        if (ins[k] >= 0 && (!reduced || k == 0)) needed[ins[k]] = true;
+        if (ins[k] < 0 || (reduced && k != 0) || kernel.owns_constant_input(k)) continue;
+        needed[ins[k]] = true;
       }
     }
     for (int s : plan->output_slots) needed[s] = true;

@@ -105,8 +105,13 @@ class ConvKernel : public Kernel {
       packed_ = std::make_unique<PackedWeights>(
           *const_weights,
           UserWeightDesc(params_.kind, const_weights->shape(), params_.group));
+      // Only the packed layouts are read at run time (shape and type are kept).
+      packed_->release_unpacked_after_first_pack();
     }
   }
+
+  bool owns_constant_input(size_t i) const override { return packed_ && i == 1; }
+  int64_t weight_bytes() const override { return packed_ ? packed_->byte_size() : 0; }
 
   std::unique_ptr<KernelState> NewState() const override {
     return std::make_unique<ConvState>();
@@ -119,9 +124,9 @@ class ConvKernel : public Kernel {
 
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* x = ctx.input(0);
-    const Tensor* w = packed_ ? &packed_->tensor() : ctx.input(1);
+    const Tensor* w = packed_ ? nullptr : ctx.input(1);
     const Tensor* b = ctx.input(2);
-    if (x == nullptr || w == nullptr) return RunError("missing X or W input");
+    if (x == nullptr || (w == nullptr && !packed_)) return RunError("missing X or W input");
     Tensor x_cl;
     if (x->layout() != Layout::kChannelsLast && x->rank() >= 3 && x->rank() <= 5) {
       x_cl = ToChannelsLast(*x);
@@ -132,16 +137,17 @@ class ConvKernel : public Kernel {
         return RunError("only FP32 is supported, got ", DataTypeName(t->dtype()));
       }
     }
+    const Shape& w_shape = packed_ ? packed_->shape() : w->shape();
     auto* state = static_cast<ConvState*>(ctx.state);
     Shape key = x->shape();
     if (!packed_) {  // non-constant weights: their shape selects the plan too
       key.push_back(-1);
-      key.insert(key.end(), w->shape().begin(), w->shape().end());
+      key.insert(key.end(), w_shape.begin(), w_shape.end());
     }
     key.push_back(b != nullptr ? 1 : 0);
     ConvPlan* plan = state->plans.Find(key);
     if (plan == nullptr) {
-      QS_ASSIGN_OR_RETURN(auto built, BuildPlan(*x, *w, b, ctx.dnnl));
+      QS_ASSIGN_OR_RETURN(auto built, BuildPlan(*x, w_shape, b, ctx.dnnl));
       plan = state->plans.Insert(std::move(key), std::move(built));
     }
     // The plan validated the B it was built with; a later B of another size would be
@@ -185,42 +191,43 @@ class ConvKernel : public Kernel {
 
  private:
   // Validates shapes, resolves the geometry and creates the primitive for one shape.
-  absl::StatusOr<std::unique_ptr<ConvPlan>> BuildPlan(const Tensor& x, const Tensor& w,
+  absl::StatusOr<std::unique_ptr<ConvPlan>> BuildPlan(const Tensor& x, const Shape& w_shape,
                                                       const Tensor* b,
                                                       DnnlResources* dnnl) const {
+    const int w_rank = static_cast<int>(w_shape.size());
     const bool transpose = params_.kind == ConvKind::kTranspose;
     const int rank = x.rank();
     const int sp = rank - 2;
     if (rank < 3 || rank > 5) {
       return RunError("X must have rank 3, 4 or 5, got ", ShapeToString(x.shape()));
     }
-    if (w.rank() != rank) {
-      return RunError("W ", ShapeToString(w.shape()), " does not match X ",
+    if (w_rank != rank) {
+      return RunError("W ", ShapeToString(w_shape), " does not match X ",
                       ShapeToString(x.shape()));
     }
     const int64_t g = params_.group;
     const int64_t c = x.dim(1);
     int64_t oc;
     if (!transpose) {
-      if (w.dim(1) * g != c || w.dim(0) % g != 0) {
-        return RunError("X has ", c, " channels but W ", ShapeToString(w.shape()),
-                        " with group ", g, " expects ", w.dim(1) * g);
+      if (w_shape[1] * g != c || w_shape[0] % g != 0) {
+        return RunError("X has ", c, " channels but W ", ShapeToString(w_shape),
+                        " with group ", g, " expects ", w_shape[1] * g);
       }
-      oc = w.dim(0);
+      oc = w_shape[0];
     } else {
-      if (w.dim(0) != c || c % g != 0) {
-        return RunError("X has ", c, " channels but W ", ShapeToString(w.shape()),
-                        " with group ", g, " expects ", w.dim(0));
+      if (w_shape[0] != c || c % g != 0) {
+        return RunError("X has ", c, " channels but W ", ShapeToString(w_shape),
+                        " with group ", g, " expects ", w_shape[0]);
       }
-      oc = w.dim(1) * g;
+      oc = w_shape[1] * g;
     }
     if (b != nullptr && (b->rank() != 1 || b->dim(0) != oc)) {
       return RunError("B ", ShapeToString(b->shape()), " must be [", oc, "]");
     }
-    std::vector<int64_t> kernel(w.shape().begin() + 2, w.shape().end());
+    std::vector<int64_t> kernel(w_shape.begin() + 2, w_shape.end());
     if (!params_.kernel_shape.empty() && params_.kernel_shape != kernel) {
       return RunError("kernel_shape ", ShapeToString(params_.kernel_shape),
-                      " does not match W ", ShapeToString(w.shape()));
+                      " does not match W ", ShapeToString(w_shape));
     }
     auto or_default = [](const std::vector<int64_t>& v, size_t n, int64_t def) {
       return v.empty() ? std::vector<int64_t>(n, def) : v;
@@ -269,7 +276,7 @@ class ConvKernel : public Kernel {
     const dnnl::engine& eng = dnnl->engine;
     const dnnl::memory::desc src_md = ActivationDesc(x.shape());
     const dnnl::memory::desc dst_md = ActivationDesc(out_shape);
-    const dnnl::memory::desc user_w_md = UserWeightDesc(params_.kind, w.shape(), g);
+    const dnnl::memory::desc user_w_md = UserWeightDesc(params_.kind, w_shape, g);
     const dnnl::memory::desc w_md =
         packed_ ? dnnl::memory::desc(user_w_md.dims(), dnnl::memory::data_type::f32,
                                      dnnl::memory::format_tag::any)

@@ -119,7 +119,8 @@ class PackedWeights {
   // `weights` is the constant in its ONNX layout, described by `user_md`.
   PackedWeights(Tensor weights, dnnl::memory::desc user_md)
       : weights_(std::move(weights)), user_md_(std::move(user_md)),
-        bytes_(static_cast<int64_t>(weights_.byte_size())) {}
+        bytes_(static_cast<int64_t>(weights_.byte_size())),
+        shape_(weights_.shape()), dtype_(weights_.dtype()) {}
 
   // After the first packing, drop the unpacked copy (later layouts are reordered from
   // the first packed one). For kernels that never read tensor() at run time: halves
@@ -128,7 +129,11 @@ class PackedWeights {
   // Bytes of the weights in their user layout (valid after the release too).
   int64_t byte_size() const { return bytes_; }
 
+  // The unpacked constant; undefined once released. Kernels that release it read the
+  // weights' shape and type from shape()/dtype(), which stay valid.
   const Tensor& tensor() const { return weights_; }
+  const Shape& shape() const { return shape_; }
+  DataType dtype() const { return dtype_; }
   const dnnl::memory::desc& user_desc() const { return user_md_; }
 
   // Memory holding the weights in layout `packed_md`, packing them if this layout was
@@ -143,6 +148,8 @@ class PackedWeights {
   mutable Tensor weights_;  // guarded by mu_ once packing starts
   dnnl::memory::desc user_md_;
   int64_t bytes_ = 0;
+  Shape shape_;
+  DataType dtype_;
   bool release_unpacked_ = false;
   mutable bool wrapped_ = false;  // guarded by mu_
   mutable std::mutex mu_;

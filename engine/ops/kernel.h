@@ -85,6 +85,10 @@ class Kernel {
   // Bytes of weights the kernel holds itself in a form the plan's constants do not
   // (quantized or converted copies), for the plan's weight accounting.
   virtual int64_t weight_bytes() const { return 0; }
+  // True when the kernel took what it needs of constant input `i` at creation (packed
+  // weights) and never reads it from the run context: the plan then drops its own
+  // reference, so the unpacked copy is freed once packed.
+  virtual bool owns_constant_input(size_t /*i*/) const { return false; }
   virtual std::unique_ptr<KernelState> NewState() const { return nullptr; }
   virtual absl::Status Run(KernelRunContext& ctx) const = 0;
 };

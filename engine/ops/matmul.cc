@@ -138,40 +138,48 @@ class MatMulKernel : public Kernel {
     if (bias != nullptr) bias_ = *bias;
     // Only 1-D/2-D constants are packed: that is the FC-weight case, and it has a
     // rank-independent descriptor.
+    // (Folded Transposes need 3-D+ operands read through strides: no packing then.)
     if (const_b != nullptr && const_b->dtype() == DataType::kFloat32 &&
-        const_b->rank() <= 2) {
+        const_b->rank() <= 2 && perm_a_.empty() && perm_b_.empty()) {
       Shape b2 = const_b->shape();
       if (b2.size() == 1) b2.push_back(1);
       packed_ = std::make_unique<PackedWeights>(*const_b, PlainDesc(b2));
+      // Only the packed layouts are read at run time (shape and type are kept).
+      packed_->release_unpacked_after_first_pack();
     }
   }
 
   std::unique_ptr<KernelState> NewState() const override {
     return std::make_unique<MatMulState>();
   }
+  bool owns_constant_input(size_t i) const override { return packed_ && i == 1; }
+  int64_t weight_bytes() const override { return packed_ ? packed_->byte_size() : 0; }
 
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* a = ctx.input(0);
-    const Tensor* b = ctx.input(1);
-    if (a == nullptr || b == nullptr) return RunError("missing input");
-    if (a->dtype() != b->dtype()) {
+    // A packed constant B is read from its packed layouts only.
+    const Tensor* b = packed_ ? nullptr : ctx.input(1);
+    if (a == nullptr || (b == nullptr && !packed_)) return RunError("missing input");
+    const DataType b_type = packed_ ? packed_->dtype() : b->dtype();
+    if (a->dtype() != b_type) {
       return RunError("A is ", DataTypeName(a->dtype()), " but B is ",
-                      DataTypeName(b->dtype()));
+                      DataTypeName(b_type));
     }
-    if (a->dtype() != DataType::kFloat32) {
+    if (a->dtype() != DataType::kFloat32) {  // (never with a packed B: that is FP32)
       if (bias_.defined() || !act_.none() || !perm_a_.empty() || !perm_b_.empty() ||
           scale_ != 1.f || fused_sum_) {
         return RunError("fused MatMul needs FP32");
       }
       return RunLoop(*a, *b, ctx);
     }
+    const Shape& b_shape = packed_ ? packed_->shape() : b->shape();
     auto* state = static_cast<MatMulState*>(ctx.state);
     Shape key = a->shape();
     key.push_back(-1);
-    key.insert(key.end(), b->shape().begin(), b->shape().end());
+    key.insert(key.end(), b_shape.begin(), b_shape.end());
     MatMulPlan* plan = state->plans.Find(key);
     if (plan == nullptr) {
-      QS_ASSIGN_OR_RETURN(auto built, BuildPlan(a->shape(), b->shape(), ctx.dnnl));
+      QS_ASSIGN_OR_RETURN(auto built, BuildPlan(a->shape(), b_shape, ctx.dnnl));
       plan = state->plans.Insert(std::move(key), std::move(built));
     }
     if (plan->skip) {
@@ -367,6 +375,7 @@ class GemmKernel : public Kernel {
       const memory::desc user =
           p_.trans_b ? PermutedDesc(dims, {1, 0}) : PlainDesc(const_b->shape());
       packed_b_ = std::make_unique<PackedWeights>(*const_b, user);
+      packed_b_->release_unpacked_after_first_pack();
     }
     if (const_c != nullptr && p_.beta != 0.f) {
       // beta folded in once.
@@ -381,20 +390,26 @@ class GemmKernel : public Kernel {
   std::unique_ptr<KernelState> NewState() const override {
     return std::make_unique<MatMulState>();
   }
+  bool owns_constant_input(size_t i) const override { return packed_b_ && i == 1; }
+  int64_t weight_bytes() const override { return packed_b_ ? packed_b_->byte_size() : 0; }
 
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* a = ctx.input(0);
-    const Tensor* b = packed_b_ ? &packed_b_->tensor() : ctx.input(1);
+    const Tensor* b = packed_b_ ? nullptr : ctx.input(1);
     const Tensor* c = p_.beta != 0.f ? ctx.input(2) : nullptr;
-    if (a == nullptr || b == nullptr) return RunError("missing A or B input");
+    if (a == nullptr || (b == nullptr && !packed_b_)) return RunError("missing A or B input");
     for (const Tensor* t : {a, b, c}) {
       if (t != nullptr && t->dtype() != DataType::kFloat32) {
         return RunError("only FP32 is supported, got ", DataTypeName(t->dtype()));
       }
     }
-    if (a->rank() != 2 || b->rank() != 2) {
+    if (packed_b_ && packed_b_->dtype() != DataType::kFloat32) {
+      return RunError("only FP32 is supported, got ", DataTypeName(packed_b_->dtype()));
+    }
+    const Shape& b_shape = packed_b_ ? packed_b_->shape() : b->shape();
+    if (a->rank() != 2 || b_shape.size() != 2) {
       return RunError("A and B must be 2-D, got ", ShapeToString(a->shape()), " and ",
-                      ShapeToString(b->shape()));
+                      ShapeToString(b_shape));
     }
     auto* state = static_cast<MatMulState*>(ctx.state);
     // C's value: the pre-scaled constant, or beta * C computed now.
@@ -416,14 +431,14 @@ class GemmKernel : public Kernel {
     }
     Shape key = a->shape();
     key.push_back(-1);
-    key.insert(key.end(), b->shape().begin(), b->shape().end());
+    key.insert(key.end(), b_shape.begin(), b_shape.end());
     key.push_back(-1);
     if (c_val != nullptr)
       key.insert(key.end(), c_val->shape().begin(), c_val->shape().end());
     key.push_back(c_val != nullptr ? c_val->rank() : -1);
     MatMulPlan* plan = state->plans.Find(key);
     if (plan == nullptr) {
-      QS_ASSIGN_OR_RETURN(auto built, BuildPlan(a->shape(), b->shape(), c_val, ctx.dnnl));
+      QS_ASSIGN_OR_RETURN(auto built, BuildPlan(a->shape(), b_shape, c_val, ctx.dnnl));
       plan = state->plans.Insert(std::move(key), std::move(built));
     }
     if (plan->skip) {

@@ -413,6 +413,9 @@ TEST(ConvKernelTest, ContextsShareWeightsAndCachePlansPerShape) {
   mb.Output("y");
   auto session = Session::Compile(mb.model(), CompileOptions());
   ASSERT_TRUE(session.ok()) << session.status();
+  // W is held once, by the kernel that packs it (the plan drops the unpacked copy); B
+  // stays a plan constant.
+  EXPECT_EQ((*session)->stats().weight_bytes, (w.num_elements() + b.num_elements()) * 4);
   Conv2dSpec s;
   s.pt = s.pl = s.pb = s.pr = 1;
   // Two threads with their own contexts, each alternating batch sizes.

@@ -460,6 +460,67 @@ TEST(MatMulTest, PlansAreCachedPerShapeInOneContext) {
   }
 }
 
+// Packed constant weights are held once: the plan drops its reference to an FP32 B that
+// the MatMul/Gemm kernel packed (so the unpacked copy is freed), but keeps one another
+// node still reads. Weight accounting sees both cases; outputs stay exact across batch
+// sizes, whose primitives may ask for other packed layouts (reordered from the first).
+TEST(MatMulTest, PackedWeightsAreHeldOnce) {
+  Tensor b1 = Filled({64, 48}, 11), b2 = Filled({32, 48}, 12), shared = Filled({48, 48}, 13);
+  ModelBuilder mb;
+  mb.Input("a", {-1, 64});
+  mb.Constant("b1", b1);
+  mb.Constant("b2", b2);
+  mb.Constant("s", shared);
+  mb.Node("MatMul", {"a", "b1"}, {"h"});
+  mb.Node("MatMul", {"h", "s"}, {"h2"});
+  mb.Node("Add", {"h2", "s"}, {"h3"});  // [r, 48] + [48, 48] needs r == 48
+  SetInt(mb.Node("Gemm", {"h3", "b2"}, {"y"}), "transB", 1);
+  mb.Output("y");
+  auto session = Session::Compile(mb.model(), CompileOptions());
+  ASSERT_TRUE(session.ok()) << session.status();
+  const PlanStats st = (*session)->stats();
+  const int64_t f32 = 4;
+  EXPECT_EQ(st.fp32_weight_bytes, (b1.num_elements() + b2.num_elements() +
+                                   shared.num_elements()) * f32);
+  // b1 and b2 once each (in their kernels); `s` twice: packed in the MatMul and kept
+  // unpacked in the plan for the Add.
+  EXPECT_EQ(st.weight_bytes,
+            (b1.num_elements() + b2.num_elements() + 2 * shared.num_elements()) * f32);
+  for (int round = 0; round < 2; ++round) {
+    auto ctx = (*session)->NewContext();
+    Tensor a = Filled({48, 64}, round);
+    std::vector<Tensor> out;
+    ASSERT_TRUE((*session)->Run(ctx.get(), {a}, &out).ok());
+    Tensor h2 = NaiveBatchedMatMul(NaiveBatchedMatMul(a, b1), shared);
+    for (int64_t i = 0; i < h2.num_elements(); ++i) {
+      h2.data<float>()[i] += shared.data<float>()[i];
+    }
+    ExpectNear(out[0], NaiveGemm(h2, b2, nullptr, false, true, 1.f, 0.f));
+  }
+}
+
+TEST(MatMulTest, PackedWeightsServeEveryBatchSizeAfterRelease) {
+  Tensor b = Filled({256, 96}, 14);
+  ModelBuilder mb;
+  mb.Input("a", {-1, 256});
+  mb.Constant("b", b);
+  SetInt(mb.Node("Gemm", {"a", "b"}, {"g"}), "transA", 0);
+  mb.Node("MatMul", {"g", "c"}, {"y"});
+  mb.Constant("c", Filled({96, 40}, 15));
+  mb.Output("y");
+  auto session = Session::Compile(mb.model(), CompileOptions());
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ((*session)->stats().weight_bytes, (256 * 96 + 96 * 40) * 4);
+  auto ctx = (*session)->NewContext();
+  for (int64_t rows : {1, 64, 3, 512, 1}) {
+    Tensor a = Filled({rows, 256}, static_cast<int>(rows));
+    std::vector<Tensor> out;
+    ASSERT_TRUE((*session)->Run(ctx.get(), {a}, &out).ok());
+    ExpectNear(out[0], NaiveBatchedMatMul(NaiveGemm(a, b, nullptr, false, false, 1.f, 0.f),
+                                          Filled({96, 40}, 15)));
+  }
+}
+
 // ---- Gemm --------------------------------------------------------------------------
 
 struct GemmCase {
