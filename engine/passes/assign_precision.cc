@@ -114,7 +114,8 @@ void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange
       const Node& c = graph->nodes[reader];
       const bool as_residual = k == 3 && c.attrs.Has(kFusedSumAttr);
       ok = IsConvAt(c, precision) && (k == 0 || as_residual);
-      if (!ok || !int8) continue;
+      if (!ok) break;  // one reader that needs f32 keeps the whole tensor f32
+      if (!int8) continue;
       if (k == 0) {
         const std::pair<float, float> r(c.attrs.GetFloat(kActMinAttr, 0.f),
                                         c.attrs.GetFloat(kActMaxAttr, 0.f));

@@ -68,10 +68,25 @@ struct Compared {
   std::vector<std::string> narrow_outputs;  // nodes whose output travelled as u8/bf16
 };
 
-Compared CompileAndCompare(Precision precision) {
+// x -A-> relu t -P-> p; p is read by an FP32 Sigmoid first and by the BF16/INT8 conv Q
+// second: P must keep writing f32 (the Sigmoid cannot read a narrow tensor).
+onnx::ModelProto MixedReaders() {
+  ModelBuilder b;
+  b.Input("x", {-1, 8, 12, 12});
+  b.Output("y");
+  AddConv(&b, "x", "a", 8, 16, 3, 10);
+  b.Node("Relu", {"a"}, {"t"});
+  AddConv(&b, "t", "p", 16, 16, 1, 20);
+  b.Node("Sigmoid", {"p"}, {"s"});
+  AddConv(&b, "p", "q", 16, 16, 3, 30);
+  b.Node("Add", {"q", "s"}, {"qs"});
+  AddConv(&b, "qs", "y", 16, 4, 1, 40);
+  return b.model();
+}
+
+Compared CompileAndCompare(Precision precision, onnx::ModelProto built = ResidualNet()) {
   // Parsed from bytes as a model file is: that runs shape inference, which the
   // residual fusion needs.
-  onnx::ModelProto built = ResidualNet();
   built.mutable_graph()->set_name("residual_net");
   auto* y_shape = built.mutable_graph()->mutable_output(0)->mutable_type()
                       ->mutable_tensor_type()->mutable_shape();  // the checker wants one
@@ -136,6 +151,15 @@ TEST(ReducedConvTest, Bf16ResidualChainMatchesFp32) {
   EXPECT_LE(r.max_rel_err, 0.02);
   // BF16 does not pass through the MaxPool (it runs in f32).
   EXPECT_EQ(r.narrow_outputs, (std::vector<std::string>{"bconv", "d", "cconv"}));
+}
+
+TEST(ReducedConvTest, ConvReadByAnFp32OpKeepsWritingFp32) {
+  for (Precision p : {Precision::kBF16, Precision::kInt8}) {
+    SCOPED_TRACE(static_cast<int>(p));
+    const Compared r = CompileAndCompare(p, MixedReaders());
+    EXPECT_GE(r.cosine, 0.999);
+    for (const std::string& n : r.narrow_outputs) EXPECT_NE(n, "p");
+  }
 }
 
 TEST(ReducedConvTest, DynamicRangeKeepsFp32BetweenLayers) {
