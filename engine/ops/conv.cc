@@ -20,7 +20,10 @@
 #include <memory>
 #include <unordered_map>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/layout.h"
+#include "engine/ops/impl_autotune.h"
 #include "engine/ops/dnnl_util.h"
 #include "engine/ops/registry.h"
 #include "engine/status_macros.h"
@@ -56,6 +59,11 @@ struct ConvPlan {
 struct ConvState : KernelState {
   ShapeCache<Shape, ConvPlan> plans;
 };
+
+// Part of an autotuning key: the fused activation and its bounds.
+std::string ActivationKey(const FusedActivation& act) {
+  return absl::StrCat(static_cast<int>(act.kind), ":", act.lo, ":", act.hi);
+}
 
 // Layout hook: the memory descriptor used for activations of `shape` (channels-last).
 dnnl::memory::desc ActivationDesc(const Shape& shape) { return ChannelsLastDesc(shape); }
@@ -295,11 +303,22 @@ class ConvKernel : public Kernel {
     dnnl::memory::desc packed_w_md;
     // A zero bias descriptor (no B input) means "no bias" to oneDNN.
     if (!transpose) {
-      dnnl::convolution_forward::primitive_desc pd(
-          dnnl::convolution_forward::desc(prop, dnnl::algorithm::convolution_direct,
-                                          src_md, w_md, b_md, dst_md, st, dil, pad_l,
-                                          pad_r),
-          attr, eng);
+      const dnnl::convolution_forward::desc desc(prop, dnnl::algorithm::convolution_direct,
+                                                 src_md, w_md, b_md, dst_md, st, dil,
+                                                 pad_l, pad_r);
+      // Constant weights are packed for whichever implementation wins; plain
+      // run-time weights keep oneDNN's first choice.
+      const dnnl::convolution_forward::primitive_desc pd =
+          packed_ ? FastestConvolution(desc, attr, dnnl,
+                                       absl::StrCat("conv x", ShapeToString(x.shape()), " w",
+                                                    ShapeToString(w_shape), " g", g, " s",
+                                                    absl::StrJoin(strides, ","), " d",
+                                                    absl::StrJoin(dilations, ","), " p",
+                                                    absl::StrJoin(pad_l, ","), "/",
+                                                    absl::StrJoin(pad_r, ","), " b",
+                                                    b != nullptr, " sum", params_.fused_sum,
+                                                    " act", ActivationKey(params_.act)))
+                  : dnnl::convolution_forward::primitive_desc(desc, attr, eng);
       packed_w_md = pd.weights_desc();
       plan->prim = dnnl::convolution_forward(pd);
     } else {

@@ -1,0 +1,148 @@
+#include "engine/ops/impl_autotune.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/buffer_pool.h"
+#include "engine/tensor.h"
+
+namespace qs {
+namespace {
+
+constexpr int kMaxCandidates = 3;
+constexpr int kTimedRuns = 3;
+constexpr size_t kMinTunedDstBytes = size_t{1} << 20;
+
+struct DecisionCache {
+  absl::Mutex mu;
+  // key -> the chosen implementation's name
+  absl::flat_hash_map<std::string, std::string> impl ABSL_GUARDED_BY(mu);
+};
+
+DecisionCache& Decisions() {
+  static DecisionCache* cache = new DecisionCache;  // leaked: used until exit
+  return *cache;
+}
+
+bool IsReference(const dnnl::convolution_forward::primitive_desc& pd) {
+  return std::string(pd.impl_info_str()).find("ref") != std::string::npos;
+}
+
+// Zero-filled, 64-byte aligned scratch for one timing; not from the context's pool
+// (these are transient and may be of sizes the plan never uses).
+Tensor ZeroBuffer(size_t bytes) {
+  BufferPool::Scope no_pool(nullptr);
+  return Tensor(DataType::kUInt8, {static_cast<int64_t>(std::max<size_t>(bytes, 1))});
+}
+
+// Fastest of kTimedRuns executions (after one untimed run that warms caches and pages).
+double TimeOnce(const dnnl::convolution_forward::primitive_desc& pd, DnnlResources* dnnl) {
+  const dnnl::engine& eng = dnnl->engine;
+  Tensor src = ZeroBuffer(pd.src_desc().get_size());
+  Tensor wei = ZeroBuffer(pd.weights_desc().get_size());
+  Tensor bias = ZeroBuffer(pd.bias_desc().get_size());
+  Tensor dst = ZeroBuffer(pd.dst_desc().get_size());
+  std::unordered_map<int, dnnl::memory> args = {
+      {DNNL_ARG_SRC, dnnl::memory(pd.src_desc(), eng, src.raw_data())},
+      {DNNL_ARG_WEIGHTS, dnnl::memory(pd.weights_desc(), eng, wei.raw_data())},
+      {DNNL_ARG_DST, dnnl::memory(pd.dst_desc(), eng, dst.raw_data())}};
+  if (pd.bias_desc().get_size() > 0) {
+    args[DNNL_ARG_BIAS] = dnnl::memory(pd.bias_desc(), eng, bias.raw_data());
+  }
+  dnnl::convolution_forward prim(pd);
+  double best = std::numeric_limits<double>::infinity();
+  for (int run = 0; run <= kTimedRuns; ++run) {
+    const auto start = std::chrono::steady_clock::now();
+    prim.execute(dnnl->stream, args);
+    dnnl->stream.wait();
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    if (run > 0) best = std::min(best, took.count());
+  }
+  return best;
+}
+
+// QS_CONV_AUTOTUNE=0 keeps oneDNN's first choice everywhere (for A/B measurements and
+// for bit-reproducible runs across machines).
+bool TuningEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("QS_CONV_AUTOTUNE");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return enabled;
+}
+
+// `pd` advanced to the implementation named `name`. Positions are not stable: once a
+// primitive of the problem is in oneDNN's primitive cache, a fresh iterator can list
+// its first implementation twice (oneDNN 2.6), so implementations are found by name.
+bool AdvanceTo(dnnl::convolution_forward::primitive_desc* pd, const std::string& name) {
+  constexpr int kMaxSteps = 32;
+  for (int i = 0; i < kMaxSteps; ++i) {
+    if (pd->impl_info_str() == name) return true;
+    if (!pd->next_impl()) return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+dnnl::convolution_forward::primitive_desc FastestConvolution(
+    const dnnl::convolution_forward::desc& desc, const dnnl::primitive_attr& attr,
+    DnnlResources* dnnl, const std::string& key) {
+  dnnl::convolution_forward::primitive_desc first(desc, attr, dnnl->engine);
+  if (first.dst_desc().get_size() < kMinTunedDstBytes) return first;
+  DecisionCache& cache = Decisions();
+  std::string chosen;
+  bool known = false;
+  {
+    absl::MutexLock lock(&cache.mu);
+    auto it = cache.impl.find(key);
+    if (it != cache.impl.end()) {
+      chosen = it->second;
+      known = true;
+    }
+  }
+  if (!known) {
+    // Candidates: distinct kernels for the ISA of oneDNN's first choice (kernels for
+    // an older ISA, such as jit:avx2 on an AVX-512 machine, are never faster).
+    std::vector<std::string> candidates;
+    const std::string first_name = first.impl_info_str();
+    const std::string isa = first_name.substr(first_name.find(':') + 1);
+    {
+      dnnl::convolution_forward::primitive_desc it(desc, attr, dnnl->engine);
+      do {
+        const std::string name = it.impl_info_str();
+        if (!IsReference(it) && name.substr(name.find(':') + 1) == isa &&
+            std::find(candidates.begin(), candidates.end(), name) == candidates.end()) {
+          candidates.push_back(name);
+        }
+      } while (static_cast<int>(candidates.size()) < kMaxCandidates && it.next_impl());
+    }
+    chosen = first_name;
+    if (candidates.size() > 1 && TuningEnabled()) {
+      double best = std::numeric_limits<double>::infinity();
+      for (const std::string& name : candidates) {
+        dnnl::convolution_forward::primitive_desc pd(desc, attr, dnnl->engine);
+        if (!AdvanceTo(&pd, name)) continue;
+        const double t = TimeOnce(pd, dnnl);
+        if (t < best) {
+          best = t;
+          chosen = name;
+        }
+      }
+    }
+    absl::MutexLock lock(&cache.mu);
+    chosen = cache.impl.try_emplace(key, chosen).first->second;
+  }
+  if (chosen == first.impl_info_str()) return first;
+  dnnl::convolution_forward::primitive_desc pd(desc, attr, dnnl->engine);
+  return AdvanceTo(&pd, chosen) ? pd : first;
+}
+
+}  // namespace qs

@@ -1,0 +1,37 @@
+// Choosing among oneDNN's implementations of a convolution by timing them.
+//
+// oneDNN orders its implementations by a static preference, which is not always the
+// fastest on a given CPU and shape: measured here (batch 8, NHWC, FP32, 2 threads), the
+// memory-bound 1x1 convolutions that end a ResNet-50 block (64->256 at 56x56 with a fused
+// sum) run in 3.2 ms on jit:avx512_core against 4.5 ms on the preferred brgconv_1x1,
+// while for 3x3 and channel-reducing 1x1 convolutions brgconv is the fastest.
+//
+// Thread-safety: FastestConvolution may be called from any thread; decisions live in a
+// process-wide cache guarded by a mutex (timing itself runs outside the lock, so two
+// threads may time the same key once each; the first decision stored wins).
+#ifndef QUANTSERVE_ENGINE_OPS_IMPL_AUTOTUNE_H_
+#define QUANTSERVE_ENGINE_OPS_IMPL_AUTOTUNE_H_
+
+#include <string>
+
+#include "dnnl.hpp"
+#include "engine/ops/kernel.h"
+
+namespace qs {
+
+// The primitive descriptor of `desc` + `attr` positioned at the implementation that ran
+// fastest here, among the first three non-reference ones, timed on zero-filled buffers
+// (the FP32 kernels' speed does not depend on the values) on the calling thread with
+// `dnnl`'s stream. The decision is cached under `key`, which must identify the problem
+// (shapes, strides, padding, post-ops); problems whose output is under 1 MiB keep
+// oneDNN's first choice untimed. Blocks for the timing the first time a key is seen
+// (a few runs of each candidate). Throws dnnl::error as the primitive_desc constructor
+// does. The environment variable QS_CONV_AUTOTUNE=0 turns the timing off (oneDNN's first
+// choice everywhere).
+dnnl::convolution_forward::primitive_desc FastestConvolution(
+    const dnnl::convolution_forward::desc& desc, const dnnl::primitive_attr& attr,
+    DnnlResources* dnnl, const std::string& key);
+
+}  // namespace qs
+
+#endif  // QUANTSERVE_ENGINE_OPS_IMPL_AUTOTUNE_H_
