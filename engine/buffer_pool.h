@@ -12,16 +12,18 @@
 // buffer holds a reference to its pool, so the pool outlives the tensors it lent.
 // Memory: the pool keeps at most max_cached_bytes of free buffers; returns beyond that
 // are freed at once, and a request for a size it does not hold first frees cached
-// buffers of other sizes until the new one would fit under the cap.
+// buffers of other sizes (smallest first) until the new one would fit under the cap.
+// Sizes are rounded up to size classes (at most 25 % more), so nearly equal requests
+// share buffers.
 #ifndef QUANTSERVE_ENGINE_BUFFER_POOL_H_
 #define QUANTSERVE_ENGINE_BUFFER_POOL_H_
 
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 
 namespace qs {
@@ -39,6 +41,10 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   std::shared_ptr<void> Allocate(size_t bytes);
 
   void set_max_cached_bytes(size_t bytes);
+  // Bytes freed since the last call because the cache was full (returns it could not
+  // keep, buffers evicted to make room for another size): what the next identical run
+  // will allocate afresh. The owner raises the cap by this much to converge.
+  size_t TakeTurnedAwayBytes();
   // Frees every cached buffer and caches nothing from now on (buffers still lent are
   // freed when they come back). For the owner going away: a tensor that outlives its
   // context (a thread's scratch, a caller's output) must not keep a whole cache alive.
@@ -65,9 +71,12 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   void Release(void* p, size_t bytes);
 
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<size_t, std::vector<void*>> free_ ABSL_GUARDED_BY(mu_);
+  // By size class; ordered, so that eviction (smallest first) does not depend on a
+  // per-process hash seed.
+  std::map<size_t, std::vector<void*>> free_ ABSL_GUARDED_BY(mu_);
   size_t cached_ ABSL_GUARDED_BY(mu_) = 0;
   size_t max_cached_ ABSL_GUARDED_BY(mu_);
+  size_t turned_away_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace qs

@@ -51,6 +51,18 @@ struct ExecutionContext::Impl {
   // largest activation set a run has needed.
   std::shared_ptr<BufferPool> pool = BufferPool::Create(kMinPoolCap);
   static constexpr size_t kMinPoolCap = size_t{64} << 20;
+  size_t pool_cap = kMinPoolCap;
+
+  // The cap is twice the largest activation set seen (kernels' temporaries and size
+  // classes need more than the live set), raised after a run by what the pool had to
+  // free in it, up to four times that set: a repeated run then allocates nothing new.
+  void AdaptPoolCap(int64_t peak_activation_bytes) {
+    const size_t peak = static_cast<size_t>(std::max<int64_t>(peak_activation_bytes, 0));
+    const size_t limit = std::max(kMinPoolCap, 4 * peak);
+    pool_cap = std::max(pool_cap, std::max(kMinPoolCap, 2 * peak));
+    pool_cap = std::min(limit, pool_cap + pool->TakeTurnedAwayBytes());
+    pool->set_max_cached_bytes(pool_cap);
+  }
   ~Impl() { pool->Drain(); }
   std::vector<std::unique_ptr<KernelState>> states;  // per planned node
 };
@@ -396,8 +408,7 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
     }
     if (live_bytes > ctx->peak_activation_bytes_) {
       ctx->peak_activation_bytes_ = live_bytes;
-      ctx->impl_->pool->set_max_cached_bytes(std::max(
-          ExecutionContext::Impl::kMinPoolCap, 2 * static_cast<size_t>(ctx->peak_activation_bytes_)));
+      ctx->impl_->AdaptPoolCap(ctx->peak_activation_bytes_);
     }
     for (int s : node.release) {
       live_bytes -= static_cast<int64_t>(slots[s].byte_size());
@@ -414,6 +425,7 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
     }
     outputs->push_back(ToPlain(t));
   }
+  ctx->impl_->AdaptPoolCap(ctx->peak_activation_bytes_);
   return absl::OkStatus();
 }
 

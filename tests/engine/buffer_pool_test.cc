@@ -9,7 +9,7 @@
 namespace qs {
 namespace {
 
-TEST(BufferPoolTest, ReturnedBufferIsReusedForTheSameSize) {
+TEST(BufferPoolTest, ReturnedBufferIsReusedForTheSameSizeClass) {
   auto pool = BufferPool::Create(size_t{1} << 20);
   void* first;
   {
@@ -18,24 +18,43 @@ TEST(BufferPoolTest, ReturnedBufferIsReusedForTheSameSize) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % 64, 0u);
     EXPECT_EQ(pool->cached_bytes(), 0u);
   }
-  EXPECT_EQ(pool->cached_bytes(), 102400u);  // page-rounded
-  std::shared_ptr<void> b = pool->Allocate(99000);  // same page-rounded size
+  // 100000 is in the class 7 x 16 KiB (a quarter of 64 KiB steps), page-aligned.
+  EXPECT_EQ(pool->cached_bytes(), 114688u);
+  std::shared_ptr<void> b = pool->Allocate(99000);  // same class
   EXPECT_EQ(b.get(), first);
   EXPECT_EQ(pool->cached_bytes(), 0u);
-  std::shared_ptr<void> c = pool->Allocate(300000);  // another size: a new buffer
+  std::shared_ptr<void> c = pool->Allocate(115000);  // the next class: a new buffer
   EXPECT_NE(c.get(), first);
 }
 
-TEST(BufferPoolTest, KeepsAtMostTheCap) {
-  auto pool = BufferPool::Create(200 * 1024);
+TEST(BufferPoolTest, SizeClassesWasteAtMostAQuarter) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  for (size_t bytes : {size_t{65536}, size_t{65537}, size_t{81920}, size_t{1} << 20,
+                       (size_t{1} << 20) + 1, size_t{3} << 20, (size_t{5} << 20) - 7}) {
+    pool->Allocate(bytes).reset();
+    const size_t before = pool->cached_bytes();
+    std::shared_ptr<void> again = pool->Allocate(bytes);  // takes back its own class
+    const size_t cls = before - pool->cached_bytes();
+    EXPECT_GE(cls, bytes);
+    EXPECT_LE(cls, bytes + bytes / 4 + 4096) << bytes;
+    EXPECT_EQ(cls % 4096, 0u);
+  }
+}
+
+TEST(BufferPoolTest, KeepsAtMostTheCapAndCountsWhatItTurnedAway) {
+  auto pool = BufferPool::Create(256 * 1024);
   std::vector<std::shared_ptr<void>> held;
-  for (int i = 0; i < 4; ++i) held.push_back(pool->Allocate(100 * 1024));
+  for (int i = 0; i < 4; ++i) held.push_back(pool->Allocate(128 * 1024));
+  EXPECT_EQ(pool->TakeTurnedAwayBytes(), 0u);
   held.clear();
-  EXPECT_EQ(pool->cached_bytes(), 200u * 1024);
+  EXPECT_EQ(pool->cached_bytes(), 256u * 1024);
+  EXPECT_EQ(pool->TakeTurnedAwayBytes(), 256u * 1024);  // two returns did not fit
+  EXPECT_EQ(pool->TakeTurnedAwayBytes(), 0u);            // taken: reset
   pool->set_max_cached_bytes(0);
-  std::shared_ptr<void> a = pool->Allocate(100 * 1024);  // from the cache
+  std::shared_ptr<void> a = pool->Allocate(128 * 1024);  // from the cache
   a.reset();  // over the new cap: freed
-  EXPECT_EQ(pool->cached_bytes(), 100u * 1024);
+  EXPECT_EQ(pool->cached_bytes(), 128u * 1024);
+  EXPECT_EQ(pool->TakeTurnedAwayBytes(), 128u * 1024);
 }
 
 TEST(BufferPoolTest, TensorsUseTheInstalledPoolAndMayOutliveIt) {
@@ -68,22 +87,24 @@ TEST(BufferPoolTest, TensorsUseTheInstalledPoolAndMayOutliveIt) {
   EXPECT_TRUE(weak.expired());
 }
 
-TEST(BufferPoolTest, ANewSizeEvictsOtherSizesToFitUnderTheCap) {
-  auto pool = BufferPool::Create(300 * 1024);
-  pool->Allocate(100 * 1024).reset();
-  pool->Allocate(200 * 1024).reset();
-  EXPECT_EQ(pool->cached_bytes(), 300u * 1024);
-  std::shared_ptr<void> c = pool->Allocate(150 * 1024);  // a size that stopped coming
-  c.reset();                                              // ... makes room, then is cached
-  EXPECT_LE(pool->cached_bytes(), 300u * 1024);
-  EXPECT_GE(pool->cached_bytes(), 150u * 1024);
+TEST(BufferPoolTest, ANewSizeEvictsSmallerClassesFirstToFitUnderTheCap) {
+  auto pool = BufferPool::Create(384 * 1024);
+  pool->Allocate(128 * 1024).reset();
+  pool->Allocate(256 * 1024).reset();
+  EXPECT_EQ(pool->cached_bytes(), 384u * 1024);
+  EXPECT_EQ(pool->TakeTurnedAwayBytes(), 0u);
+  std::shared_ptr<void> c = pool->Allocate(64 * 1024);  // a size it does not hold:
+  EXPECT_EQ(pool->cached_bytes(), 256u * 1024);         // the 128 KiB buffer made room
+  EXPECT_EQ(pool->TakeTurnedAwayBytes(), 128u * 1024);
+  c.reset();  // ... and the new size is cached
+  EXPECT_EQ(pool->cached_bytes(), 320u * 1024);
 }
 
 TEST(BufferPoolTest, DrainFreesTheCacheAndStopsCaching) {
   auto pool = BufferPool::Create(size_t{1} << 20);
   std::shared_ptr<void> lent = pool->Allocate(100000);
   pool->Allocate(200000).reset();
-  EXPECT_EQ(pool->cached_bytes(), 200704u);
+  EXPECT_EQ(pool->cached_bytes(), 229376u);  // class 7 x 32 KiB
   pool->Drain();
   EXPECT_EQ(pool->cached_bytes(), 0u);
   lent.reset();  // comes back after the drain: freed, not cached
