@@ -43,18 +43,24 @@ Tensor ZeroBuffer(size_t bytes) {
 }
 
 // Fastest of kTimedRuns executions (after one untimed run that warms caches and pages).
-double TimeOnce(const dnnl::convolution_forward::primitive_desc& pd, DnnlResources* dnnl) {
+// Infinity when an extra argument's size is unknown (not timed).
+double TimeOnce(const dnnl::convolution_forward::primitive_desc& pd,
+                const std::vector<int>& extra_args, DnnlResources* dnnl) {
   const dnnl::engine& eng = dnnl->engine;
-  Tensor src = ZeroBuffer(pd.src_desc().get_size());
-  Tensor wei = ZeroBuffer(pd.weights_desc().get_size());
-  Tensor bias = ZeroBuffer(pd.bias_desc().get_size());
-  Tensor dst = ZeroBuffer(pd.dst_desc().get_size());
-  std::unordered_map<int, dnnl::memory> args = {
-      {DNNL_ARG_SRC, dnnl::memory(pd.src_desc(), eng, src.raw_data())},
-      {DNNL_ARG_WEIGHTS, dnnl::memory(pd.weights_desc(), eng, wei.raw_data())},
-      {DNNL_ARG_DST, dnnl::memory(pd.dst_desc(), eng, dst.raw_data())}};
-  if (pd.bias_desc().get_size() > 0) {
-    args[DNNL_ARG_BIAS] = dnnl::memory(pd.bias_desc(), eng, bias.raw_data());
+  std::vector<Tensor> buffers;  // keeps the zero-filled memory alive
+  std::unordered_map<int, dnnl::memory> args;
+  auto add = [&](int arg, const dnnl::memory::desc& md) {
+    buffers.push_back(ZeroBuffer(md.get_size()));
+    args[arg] = dnnl::memory(md, eng, buffers.back().raw_data());
+  };
+  add(DNNL_ARG_SRC, pd.src_desc());
+  add(DNNL_ARG_WEIGHTS, pd.weights_desc());
+  add(DNNL_ARG_DST, pd.dst_desc());
+  if (pd.bias_desc().get_size() > 0) add(DNNL_ARG_BIAS, pd.bias_desc());
+  for (int arg : extra_args) {
+    const dnnl::memory::desc md = pd.query_md(dnnl::query::exec_arg_md, arg);
+    if (md.get_size() == 0) return std::numeric_limits<double>::infinity();
+    add(arg, md);
   }
   dnnl::convolution_forward prim(pd);
   double best = std::numeric_limits<double>::infinity();
@@ -94,7 +100,7 @@ bool AdvanceTo(dnnl::convolution_forward::primitive_desc* pd, const std::string&
 
 dnnl::convolution_forward::primitive_desc FastestConvolution(
     const dnnl::convolution_forward::desc& desc, const dnnl::primitive_attr& attr,
-    DnnlResources* dnnl, const std::string& key) {
+    DnnlResources* dnnl, const std::string& key, const std::vector<int>& extra_args) {
   dnnl::convolution_forward::primitive_desc first(desc, attr, dnnl->engine);
   if (first.dst_desc().get_size() < kMinTunedDstBytes) return first;
   DecisionCache& cache = Decisions();
@@ -130,7 +136,7 @@ dnnl::convolution_forward::primitive_desc FastestConvolution(
       for (const std::string& name : candidates) {
         dnnl::convolution_forward::primitive_desc pd(desc, attr, dnnl->engine);
         if (!AdvanceTo(&pd, name)) continue;
-        const double t = TimeOnce(pd, dnnl);
+        const double t = TimeOnce(pd, extra_args, dnnl);
         if (t < best) {
           best = t;
           chosen = name;

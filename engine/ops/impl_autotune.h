@@ -13,6 +13,7 @@
 #define QUANTSERVE_ENGINE_OPS_IMPL_AUTOTUNE_H_
 
 #include <string>
+#include <vector>
 
 #include "dnnl.hpp"
 #include "engine/ops/kernel.h"
@@ -20,17 +21,20 @@
 namespace qs {
 
 // The primitive descriptor of `desc` + `attr` positioned at the implementation that ran
-// fastest here, among the first three non-reference ones, timed on zero-filled buffers
-// (the FP32 kernels' speed does not depend on the values) on the calling thread with
+// fastest here, among the first three distinct non-reference ones, timed on zero-filled
+// buffers (no kernel's speed depends on the values: no sparsity shortcuts) on the calling thread with
 // `dnnl`'s stream. The decision is cached under `key`, which must identify the problem
 // (shapes, strides, padding, post-ops); problems whose output is under 1 MiB keep
 // oneDNN's first choice untimed. Blocks for the timing the first time a key is seen
 // (a few runs of each candidate). Throws dnnl::error as the primitive_desc constructor
 // does. The environment variable QS_CONV_AUTOTUNE=0 turns the timing off (oneDNN's first
 // choice everywhere).
+// `extra_args`: the execution arguments beyond src, weights, bias and dst the attr
+// asks for (post-op binary operands, ...), given zero-filled buffers of the size the
+// primitive reports; when one reports no size, the first choice is kept untimed.
 dnnl::convolution_forward::primitive_desc FastestConvolution(
     const dnnl::convolution_forward::desc& desc, const dnnl::primitive_attr& attr,
-    DnnlResources* dnnl, const std::string& key);
+    DnnlResources* dnnl, const std::string& key, const std::vector<int>& extra_args = {});
 
 }  // namespace qs
 

@@ -22,9 +22,12 @@
 #include <memory>
 #include <unordered_map>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/buffer_pool.h"
 #include "engine/layout.h"
 #include "engine/ops/dnnl_util.h"
+#include "engine/ops/impl_autotune.h"
 #include "engine/ops/reduced_precision.h"
 #include "engine/ops/registry.h"
 #include "engine/quantize/quant_math.h"
@@ -364,11 +367,33 @@ class ReducedConvKernel : public Kernel {
     memory::dims dil = {geo_.dilations[0] - 1, geo_.dilations[1] - 1};
     const memory::dims pad_l(pb.begin(), pb.end()), pad_r(pe.begin(), pe.end());
     const dnnl::engine& eng = dnnl->engine;
-    dnnl::convolution_forward::primitive_desc pd(
-        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference,
-                                        dnnl::algorithm::convolution_direct, src_md, w_md,
-                                        memory::desc(), dst_md, strides, dil, pad_l, pad_r),
-        attr, eng);
+    const dnnl::convolution_forward::desc desc(
+        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md,
+        w_md, memory::desc(), dst_md, strides, dil, pad_l, pad_r);
+    // The fastest kernel for the shape (impl_autotune.h). Not at DYNAMIC_RANGE: its
+    // run-time zero point has no size the primitive reports, and its kernels are
+    // chosen for that zero point's speed already (onednn-and-build.md, B.5).
+    std::vector<int> extra_args;
+    if (plan->bias_post_op >= 0) {
+      extra_args.push_back(DNNL_ARG_ATTR_MULTIPLE_POST_OP(plan->bias_post_op) |
+                           DNNL_ARG_SRC_1);
+    }
+    const dnnl::convolution_forward::primitive_desc pd =
+        c_.mode == Mode::kDynamic
+            ? dnnl::convolution_forward::primitive_desc(desc, attr, eng)
+            : FastestConvolution(
+                  desc, attr, dnnl,
+                  absl::StrCat("rconv m", static_cast<int>(c_.mode), " x",
+                               ShapeToString(x), " w", ShapeToString(w_shape_), " g",
+                               group_, " s", absl::StrJoin(geo_.strides, ","), " d",
+                               absl::StrJoin(geo_.dilations, ","), " p",
+                               absl::StrJoin(pad_l, ","), "/", absl::StrJoin(pad_r, ","),
+                               " out", c_.u8_out, c_.bf16_out, " zp", c_.act.zero_point != 0,
+                               c_.u8_out && c_.out.zero_point != 0, " sum", c_.fused_sum,
+                               residual_u8, " b", c_.bias.defined(), " act",
+                               static_cast<int>(c_.fused.kind), ":", c_.fused.lo, ":",
+                               c_.fused.hi),
+                  extra_args);
     plan->prim = dnnl::convolution_forward(pd);
     plan->weights = packed_->Get(pd.weights_desc(), dnnl);
     plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
