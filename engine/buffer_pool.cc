@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <new>
 #include <utility>
 
@@ -15,8 +16,10 @@ thread_local BufferPool* current_pool = nullptr;
 // channels or pixels apart); with exact sizes each needs its own buffer, the cap fills
 // with sizes used once per run and the rest pay fresh page faults every run.
 size_t RoundedSize(size_t bytes) {
+  // No allocation comes near this; the loop below would overflow past it.
+  if (bytes > (std::numeric_limits<size_t>::max() >> 2)) throw std::bad_alloc();
   size_t power = 1;
-  while (power * 2 <= bytes) power *= 2;
+  while (power <= bytes / 2) power *= 2;
   const size_t step = std::max<size_t>(power / 4, 1);
   const size_t rounded = (bytes + step - 1) / step * step;
   return (rounded + 4095) / 4096 * 4096;

@@ -19,6 +19,10 @@ namespace {
 constexpr int kMaxCandidates = 3;
 constexpr int kTimedRuns = 3;
 constexpr size_t kMinTunedDstBytes = size_t{1} << 20;
+// Decisions kept at most. Past it (a model with free spatial sizes sees ever new shapes)
+// new shapes keep oneDNN's first choice: no unbounded cache, and no request waits for
+// timings.
+constexpr size_t kMaxDecisions = 4096;
 
 struct DecisionCache {
   absl::Mutex mu;
@@ -115,6 +119,10 @@ dnnl::convolution_forward::primitive_desc FastestConvolution(
     }
   }
   if (!known) {
+    {
+      absl::MutexLock lock(&cache.mu);
+      if (cache.impl.size() >= kMaxDecisions) return first;
+    }
     // Candidates: distinct kernels for the ISA of oneDNN's first choice (kernels for
     // an older ISA, such as jit:avx2 on an AVX-512 machine, are never faster).
     std::vector<std::string> candidates;

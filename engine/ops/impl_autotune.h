@@ -26,7 +26,8 @@ namespace qs {
 // `dnnl`'s stream. The decision is cached under `key`, which must identify the problem
 // (shapes, strides, padding, post-ops); problems whose output is under 1 MiB keep
 // oneDNN's first choice untimed. Blocks for the timing the first time a key is seen
-// (a few runs of each candidate). Throws dnnl::error as the primitive_desc constructor
+// (a few runs of each candidate); after 4096 decisions, new keys keep the first choice
+// untimed (bounded memory and latency for models with ever new shapes). Throws dnnl::error as the primitive_desc constructor
 // does. The environment variable QS_CONV_AUTOTUNE=0 turns the timing off (oneDNN's first
 // choice everywhere).
 // `extra_args`: the execution arguments beyond src, weights, bias and dst the attr

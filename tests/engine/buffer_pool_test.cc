@@ -1,5 +1,7 @@
 #include "engine/buffer_pool.h"
 
+#include <limits>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -108,6 +110,15 @@ TEST(BufferPoolTest, DrainFreesTheCacheAndStopsCaching) {
   pool->Drain();
   EXPECT_EQ(pool->cached_bytes(), 0u);
   lent.reset();  // comes back after the drain: freed, not cached
+  EXPECT_EQ(pool->cached_bytes(), 0u);
+}
+
+TEST(BufferPoolTest, AnImpossibleSizeThrowsBadAlloc) {
+  auto pool = BufferPool::Create(size_t{1} << 20);
+  for (size_t bytes : {std::numeric_limits<size_t>::max(), std::numeric_limits<size_t>::max() / 2,
+                       (size_t{1} << 62) + 1}) {
+    EXPECT_THROW(pool->Allocate(bytes), std::bad_alloc) << bytes;
+  }
   EXPECT_EQ(pool->cached_bytes(), 0u);
 }
 

@@ -162,6 +162,57 @@ TEST(ReducedConvTest, ConvReadByAnFp32OpKeepsWritingFp32) {
   }
 }
 
+// Outputs of 1 MiB and more take the kernel-timing path (impl_autotune.h) with the
+// bias post-op's operand among the timed arguments; at two batch sizes, in one context.
+TEST(ReducedConvTest, LargeMapsMatchFp32AtEveryPrecision) {
+  ModelBuilder b;
+  b.Input("x", {-1, 16, 64, 64});
+  b.Output("y");
+  // x -A-> relu -B-> relu -Y-> y: Y is the head (kept FP32 by default), so B writes f32
+  // (2 MiB at batch 4) from an unsigned input: the INT8 kernels with a choice.
+  AddConv(&b, "x", "a", 16, 32, 3, 70);
+  b.Node("Relu", {"a"}, {"r"});
+  AddConv(&b, "r", "bconv", 32, 32, 3, 74);
+  b.Node("Relu", {"bconv"}, {"r2"});
+  AddConv(&b, "r2", "y", 32, 32, 3, 71);
+  onnx::ModelProto built = b.model();
+  built.mutable_graph()->set_name("large_maps");
+  auto* y_shape = built.mutable_graph()->mutable_output(0)->mutable_type()
+                      ->mutable_tensor_type()->mutable_shape();
+  y_shape->add_dim()->set_dim_param("dyn");
+  for (int64_t d : {32, 64, 64}) y_shape->add_dim()->set_dim_value(d);
+  auto model = ParseOnnxModel(built.SerializeAsString(), "large_maps");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Tensor calib = Gaussian({4, 16, 64, 64}, 1.f, 72);
+  auto fp32 = Session::Compile(*model, CompileOptions());
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  for (Precision p : {Precision::kInt8, Precision::kBF16}) {
+    SCOPED_TRACE(static_cast<int>(p));
+    CompileOptions o;
+    o.precision = p;
+    o.calibration = {{calib}};
+    auto q = Session::Compile(*model, o);
+    ASSERT_TRUE(q.ok()) << q.status();
+    auto c1 = (*fp32)->NewContext();
+    auto c2 = (*q)->NewContext();
+    for (int64_t batch : {1, 4}) {  // outputs of 0.5 and 2 MiB (f32)
+      const Tensor x = Gaussian({batch, 16, 64, 64}, 1.f, 73 + static_cast<int>(batch));
+      std::vector<Tensor> want, got;
+      ASSERT_TRUE((*fp32)->Run(c1.get(), {x}, &want).ok());
+      absl::Status st = (*q)->Run(c2.get(), {x}, &got);
+      ASSERT_TRUE(st.ok()) << st;
+      double dot = 0, na = 0, nb = 0;
+      for (int64_t i = 0; i < want[0].num_elements(); ++i) {
+        const double a = want[0].data<float>()[i], g = got[0].data<float>()[i];
+        dot += a * g;
+        na += a * a;
+        nb += g * g;
+      }
+      EXPECT_GE(dot / std::sqrt(na * nb), 0.999) << "batch " << batch;
+    }
+  }
+}
+
 TEST(ReducedConvTest, DynamicRangeKeepsFp32BetweenLayers) {
   const Compared r = CompileAndCompare(Precision::kDynamicRange);
   EXPECT_GE(r.cosine, 0.999);
