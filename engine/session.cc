@@ -11,6 +11,7 @@
 #include "engine/layout.h"
 #include "engine/log.h"
 #include "engine/onnx_import.h"
+#include "engine/ops/impl_autotune.h"
 #include "engine/ops/reduced_precision.h"
 #include "engine/ops/registry.h"
 #include "engine/passes/passes.h"
@@ -147,7 +148,9 @@ absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildReducedPlan(
         "config, or --calibration for quantserve-bench); refusing to calibrate on "
         "random inputs");
   }
-  // The FP32 plan of the same graph: the reference for calibration and the report.
+  // The FP32 plan of the same graph: the reference for calibration and the report,
+  // run on oneDNN's first-choice kernels so that the ranges are reproducible.
+  FirstChoiceScope reproducible;
   QS_ASSIGN_OR_RETURN(auto fp32_plan, BuildPlan(graph, options.max_batch_size));
   Session fp32(std::move(fp32_plan));
   std::vector<std::vector<Tensor>> data = options.calibration;

@@ -30,6 +30,8 @@ struct DecisionCache {
   absl::flat_hash_map<std::string, std::string> impl ABSL_GUARDED_BY(mu);
 };
 
+thread_local bool first_choice_only = false;
+
 DecisionCache& Decisions() {
   static DecisionCache* cache = new DecisionCache;  // leaked: used until exit
   return *cache;
@@ -106,7 +108,7 @@ dnnl::convolution_forward::primitive_desc FastestConvolution(
     const dnnl::convolution_forward::desc& desc, const dnnl::primitive_attr& attr,
     DnnlResources* dnnl, const std::string& key, const std::vector<int>& extra_args) {
   dnnl::convolution_forward::primitive_desc first(desc, attr, dnnl->engine);
-  if (first.dst_desc().get_size() < kMinTunedDstBytes) return first;
+  if (first_choice_only || first.dst_desc().get_size() < kMinTunedDstBytes) return first;
   DecisionCache& cache = Decisions();
   std::string chosen;
   bool known = false;
@@ -158,5 +160,11 @@ dnnl::convolution_forward::primitive_desc FastestConvolution(
   dnnl::convolution_forward::primitive_desc pd(desc, attr, dnnl->engine);
   return AdvanceTo(&pd, chosen) ? pd : first;
 }
+
+FirstChoiceScope::FirstChoiceScope() : previous_(first_choice_only) {
+  first_choice_only = true;
+}
+
+FirstChoiceScope::~FirstChoiceScope() { first_choice_only = previous_; }
 
 }  // namespace qs

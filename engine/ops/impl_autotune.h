@@ -37,6 +37,21 @@ dnnl::convolution_forward::primitive_desc FastestConvolution(
     const dnnl::convolution_forward::desc& desc, const dnnl::primitive_attr& attr,
     DnnlResources* dnnl, const std::string& key, const std::vector<int>& extra_args = {});
 
+// While alive, FastestConvolution on this thread returns oneDNN's first choice, untimed,
+// and records no decision. Compile holds one around calibration and the precision
+// report: kernels differ in the last bits of FP32 results, and the calibrated ranges —
+// hence a quantized model's outputs — must not depend on which kernel won a timing.
+class FirstChoiceScope {
+ public:
+  FirstChoiceScope();
+  ~FirstChoiceScope();
+  FirstChoiceScope(const FirstChoiceScope&) = delete;
+  FirstChoiceScope& operator=(const FirstChoiceScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
 }  // namespace qs
 
 #endif  // QUANTSERVE_ENGINE_OPS_IMPL_AUTOTUNE_H_

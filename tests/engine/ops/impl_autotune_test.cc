@@ -89,5 +89,28 @@ TEST(FastestConvolutionTest, SmallProblemsKeepTheFirstChoice) {
   EXPECT_STREQ(chosen.impl_info_str(), first.impl_info_str());
 }
 
+TEST(FastestConvolutionTest, FirstChoiceScopeKeepsOneDnnsChoiceOnItsThread) {
+  DnnlResources dnnl;
+  const Problem p(2, 64, 256, 32);
+  const dnnl::convolution_forward::primitive_desc first(p.desc, p.attr, dnnl.engine);
+  {
+    FirstChoiceScope outer;
+    {
+      FirstChoiceScope inner;  // scopes nest
+    }
+    for (int i = 0; i < 2; ++i) {
+      const auto chosen = FastestConvolution(p.desc, p.attr, &dnnl, "test scoped");
+      EXPECT_STREQ(chosen.impl_info_str(), first.impl_info_str());
+    }
+  }
+  // Outside the scope the key is tuned afresh (nothing was recorded under it): whatever
+  // wins computes the same convolution.
+  const auto tuned = FastestConvolution(p.desc, p.attr, &dnnl, "test scoped");
+  const std::vector<float> got = Execute(p, tuned, &dnnl), want = Execute(p, first, &dnnl);
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_NEAR(got[i], want[i], 1e-4f * (1.f + std::fabs(want[i]))) << i;
+  }
+}
+
 }  // namespace
 }  // namespace qs
