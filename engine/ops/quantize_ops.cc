@@ -1213,17 +1213,27 @@ std::unique_ptr<PreparedW> ConstWeights(const KernelInit& init, size_t w_index,
   return std::make_unique<PreparedW>(std::move(*p));
 }
 
-// ------------------------------------------------------------ ConvInteger -----------
-
-class ConvIntegerKernel : public Kernel {
+// The shell ConvInteger and QLinearConv share: one IntConv (prepared weights, per-shape
+// primitives in a ConvState), channels-last activations.
+class IntConvKernel : public Kernel {
  public:
-  ConvIntegerKernel(ConvAttrs attrs, std::unique_ptr<PreparedW> w)
+  IntConvKernel(ConvAttrs attrs, std::unique_ptr<PreparedW> w)
       : conv_(std::move(attrs), std::move(w)) {}
   LayoutPolicy layout_policy() const override { return LayoutPolicy::kAny; }
   std::unique_ptr<KernelState> NewState() const override {
     return std::make_unique<ConvState>();
   }
   int64_t weight_bytes() const override { return conv_.weight_bytes(); }
+
+ protected:
+  IntConv conv_;
+};
+
+// ------------------------------------------------------------ ConvInteger -----------
+
+class ConvIntegerKernel : public IntConvKernel {
+ public:
+  using IntConvKernel::IntConvKernel;
 
   absl::Status Run(KernelRunContext& ctx) const override {
     // x, w, x_zero_point, w_zero_point
@@ -1237,9 +1247,6 @@ class ConvIntegerKernel : public Kernel {
     (*ctx.outputs)[0] = std::move(acc);
     return absl::OkStatus();
   }
-
- private:
-  IntConv conv_;
 };
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeConvInteger(const KernelInit& init) {
@@ -1253,15 +1260,9 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeConvInteger(const KernelInit& init) 
 
 // ------------------------------------------------------------ QLinearConv -----------
 
-class QLinearConvKernel : public Kernel {
+class QLinearConvKernel : public IntConvKernel {
  public:
-  QLinearConvKernel(ConvAttrs attrs, std::unique_ptr<PreparedW> w)
-      : conv_(std::move(attrs), std::move(w)) {}
-  LayoutPolicy layout_policy() const override { return LayoutPolicy::kAny; }
-  std::unique_ptr<KernelState> NewState() const override {
-    return std::make_unique<ConvState>();
-  }
-  int64_t weight_bytes() const override { return conv_.weight_bytes(); }
+  using IntConvKernel::IntConvKernel;
 
   absl::Status Run(KernelRunContext& ctx) const override {
     // x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B
@@ -1320,8 +1321,6 @@ class QLinearConvKernel : public Kernel {
     return absl::OkStatus();
   }
 
- private:
-  IntConv conv_;
 };
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeQLinearConv(const KernelInit& init) {
