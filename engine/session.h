@@ -128,6 +128,13 @@ class Session {
   absl::Status Run(ExecutionContext* ctx, const std::vector<Tensor>& inputs,
                    std::vector<Tensor>* outputs) const;
 
+  // Run, letting the convolutions whose primitives are built during it choose their
+  // oneDNN kernel by timing candidates (engine/ops/impl_autotune.h; a few milliseconds
+  // per new shape). For warmup at load: Run itself never times, so a request never
+  // waits for it, and shapes first seen on a request keep oneDNN's first choice.
+  absl::Status Warmup(ExecutionContext* ctx, const std::vector<Tensor>& inputs,
+                      std::vector<Tensor>* outputs) const;
+
  private:
   struct Plan;
   explicit Session(std::unique_ptr<Plan> plan);

@@ -19,9 +19,8 @@ namespace {
 constexpr int kMaxCandidates = 3;
 constexpr int kTimedRuns = 3;
 constexpr size_t kMinTunedDstBytes = size_t{1} << 20;
-// Decisions kept at most. Past it (a model with free spatial sizes sees ever new shapes)
-// new shapes keep oneDNN's first choice: no unbounded cache, and no request waits for
-// timings.
+// Decisions kept at most. Past it (a model with free spatial sizes warmed up at many
+// shapes) new shapes keep oneDNN's first choice: no unbounded cache.
 constexpr size_t kMaxDecisions = 4096;
 
 struct DecisionCache {
@@ -31,6 +30,7 @@ struct DecisionCache {
 };
 
 thread_local bool first_choice_only = false;
+thread_local bool timing_allowed = false;
 
 DecisionCache& Decisions() {
   static DecisionCache* cache = new DecisionCache;  // leaked: used until exit
@@ -121,6 +121,7 @@ dnnl::convolution_forward::primitive_desc FastestConvolution(
     }
   }
   if (!known) {
+    if (!timing_allowed) return first;  // on a request: no timing, nothing recorded
     {
       absl::MutexLock lock(&cache.mu);
       if (cache.impl.size() >= kMaxDecisions) return first;
@@ -160,6 +161,12 @@ dnnl::convolution_forward::primitive_desc FastestConvolution(
   dnnl::convolution_forward::primitive_desc pd(desc, attr, dnnl->engine);
   return AdvanceTo(&pd, chosen) ? pd : first;
 }
+
+KernelTimingScope::KernelTimingScope() : previous_(timing_allowed) {
+  timing_allowed = true;
+}
+
+KernelTimingScope::~KernelTimingScope() { timing_allowed = previous_; }
 
 FirstChoiceScope::FirstChoiceScope() : previous_(first_choice_only) {
   first_choice_only = true;

@@ -20,6 +20,10 @@
 
 namespace qs {
 
+// Timing happens only while a KernelTimingScope is alive on the calling thread (a
+// server's warmup, Session::Warmup): a request never waits for it. Outside one, a
+// decision already taken for `key` is used, else oneDNN's first choice (not recorded).
+//
 // The primitive descriptor of `desc` + `attr` positioned at the implementation that ran
 // fastest here, among the first three distinct non-reference ones, timed on zero-filled
 // buffers (no kernel's speed depends on the values: no sparsity shortcuts) on the calling thread with
@@ -36,6 +40,19 @@ namespace qs {
 dnnl::convolution_forward::primitive_desc FastestConvolution(
     const dnnl::convolution_forward::desc& desc, const dnnl::primitive_attr& attr,
     DnnlResources* dnnl, const std::string& key, const std::vector<int>& extra_args = {});
+
+// While alive (and no FirstChoiceScope is), FastestConvolution on this thread may time
+// candidates for keys it has no decision for. Scopes nest.
+class KernelTimingScope {
+ public:
+  KernelTimingScope();
+  ~KernelTimingScope();
+  KernelTimingScope(const KernelTimingScope&) = delete;
+  KernelTimingScope& operator=(const KernelTimingScope&) = delete;
+
+ private:
+  bool previous_;
+};
 
 // While alive, FastestConvolution on this thread returns oneDNN's first choice, untimed,
 // and records no decision. Compile holds one around calibration and the precision

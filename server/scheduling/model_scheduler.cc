@@ -259,7 +259,8 @@ void ModelScheduler::WorkerLoop(int threads, absl::BlockingCounter* warmed) {
       break;
     }
     std::vector<Tensor> outputs;
-    absl::Status st = session_->Run(ctx.get(), inputs, &outputs);
+    // Warmup, not Run: convolution kernels are chosen by timing here, at load.
+    absl::Status st = session_->Warmup(ctx.get(), inputs, &outputs);
     if (!st.ok()) {
       absl::MutexLock lock(&mu_);
       if (warmup_status_.ok()) {

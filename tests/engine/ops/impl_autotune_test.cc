@@ -65,6 +65,7 @@ std::vector<float> Execute(const Problem& p,
 
 TEST(FastestConvolutionTest, ChosenKernelComputesTheSameConvolution) {
   DnnlResources dnnl;
+  KernelTimingScope timing;
   const Problem p(2, 64, 256, 32);  // 2 MiB output: timed
   const auto chosen = FastestConvolution(p.desc, p.attr, &dnnl, "test 64->256 32x32");
   const dnnl::convolution_forward::primitive_desc first(p.desc, p.attr, dnnl.engine);
@@ -83,14 +84,33 @@ TEST(FastestConvolutionTest, ChosenKernelComputesTheSameConvolution) {
 
 TEST(FastestConvolutionTest, SmallProblemsKeepTheFirstChoice) {
   DnnlResources dnnl;
+  KernelTimingScope timing;
   const Problem p(1, 16, 32, 8);  // 8 KiB output
   const auto chosen = FastestConvolution(p.desc, p.attr, &dnnl, "test small");
   const dnnl::convolution_forward::primitive_desc first(p.desc, p.attr, dnnl.engine);
   EXPECT_STREQ(chosen.impl_info_str(), first.impl_info_str());
 }
 
+TEST(FastestConvolutionTest, WithoutATimingScopeNothingIsTimedOrRecorded) {
+  DnnlResources dnnl;
+  const Problem p(2, 64, 256, 32);
+  const dnnl::convolution_forward::primitive_desc first(p.desc, p.attr, dnnl.engine);
+  // As on a request: the first choice, and the key stays undecided ...
+  EXPECT_STREQ(FastestConvolution(p.desc, p.attr, &dnnl, "test request").impl_info_str(),
+               first.impl_info_str());
+  // ... so a warmup later times it, and afterwards requests use that decision.
+  std::string decided;
+  {
+    KernelTimingScope timing;
+    decided = FastestConvolution(p.desc, p.attr, &dnnl, "test request").impl_info_str();
+  }
+  EXPECT_EQ(FastestConvolution(p.desc, p.attr, &dnnl, "test request").impl_info_str(),
+            decided);
+}
+
 TEST(FastestConvolutionTest, FirstChoiceScopeKeepsOneDnnsChoiceOnItsThread) {
   DnnlResources dnnl;
+  KernelTimingScope timing;
   const Problem p(2, 64, 256, 32);
   const dnnl::convolution_forward::primitive_desc first(p.desc, p.attr, dnnl.engine);
   {

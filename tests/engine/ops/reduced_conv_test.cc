@@ -162,8 +162,9 @@ TEST(ReducedConvTest, ConvReadByAnFp32OpKeepsWritingFp32) {
   }
 }
 
-// Outputs of 1 MiB and more take the kernel-timing path (impl_autotune.h) with the
-// bias post-op's operand among the timed arguments; at two batch sizes, in one context.
+// Outputs of 1 MiB and more take the kernel-timing path (impl_autotune.h, reached through
+// Session::Warmup) with the bias post-op's operand among the timed arguments; at two
+// batch sizes, in one context.
 TEST(ReducedConvTest, LargeMapsMatchFp32AtEveryPrecision) {
   ModelBuilder b;
   b.Input("x", {-1, 16, 64, 64});
@@ -198,8 +199,8 @@ TEST(ReducedConvTest, LargeMapsMatchFp32AtEveryPrecision) {
     for (int64_t batch : {1, 4}) {  // outputs of 0.5 and 2 MiB (f32)
       const Tensor x = Gaussian({batch, 16, 64, 64}, 1.f, 73 + static_cast<int>(batch));
       std::vector<Tensor> want, got;
-      ASSERT_TRUE((*fp32)->Run(c1.get(), {x}, &want).ok());
-      absl::Status st = (*q)->Run(c2.get(), {x}, &got);
+      ASSERT_TRUE((*fp32)->Warmup(c1.get(), {x}, &want).ok());
+      absl::Status st = (*q)->Warmup(c2.get(), {x}, &got);
       ASSERT_TRUE(st.ok()) << st;
       double dot = 0, na = 0, nb = 0;
       for (int64_t i = 0; i < want[0].num_elements(); ++i) {
