@@ -142,6 +142,10 @@ class Session {
                                                          int max_batch_size);
   static absl::StatusOr<std::unique_ptr<Plan>> BuildReducedPlan(Graph graph,
                                                                 const CompileOptions& options);
+  // Runs plan nodes [begin, end) on `slots`, releasing values after their last reader;
+  // `live_bytes` tracks the live activation bytes.
+  absl::Status RunNodes(ExecutionContext* ctx, size_t begin, size_t end,
+                        std::vector<Tensor>* slots, int64_t* live_bytes) const;
   std::unique_ptr<Plan> plan_;
 };
 

@@ -187,9 +187,10 @@ int main(int argc, char** argv) {
       }
     }
     if (absl::GetFlag(FLAGS_profile)) {
+      // Per timed run (a node the session runs per sample is called several times).
       for (const auto& n : ctx->profile()) {
         std::printf("  %-40s %-20s %9.3f ms\n", n.name.c_str(), n.op_type.c_str(),
-                    absl::ToDoubleMilliseconds(n.total) / std::max<int64_t>(1, n.calls));
+                    absl::ToDoubleMilliseconds(n.total) / iters);
       }
     }
   }

@@ -3,6 +3,7 @@
 #ifndef QUANTSERVE_TESTS_ENGINE_OPS_MODEL_BUILDER_H_
 #define QUANTSERVE_TESTS_ENGINE_OPS_MODEL_BUILDER_H_
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,15 @@ class ModelBuilder {
  private:
   onnx::ModelProto model_;
 };
+
+// An FP32 tensor of N(0, stddev^2) samples, reproducible from `seed`.
+inline Tensor Gaussian(const Shape& shape, float stddev, int seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.f, stddev);
+  Tensor t(DataType::kFloat32, shape);
+  for (int64_t i = 0; i < t.num_elements(); ++i) t.data<float>()[i] = g(rng);
+  return t;
+}
 
 // A rank-0 FP32 constant.
 inline Tensor Scalar(float v) {

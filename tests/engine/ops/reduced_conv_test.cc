@@ -16,14 +16,6 @@
 namespace qs {
 namespace {
 
-Tensor Gaussian(const Shape& shape, float stddev, int seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.f, stddev);
-  Tensor t(DataType::kFloat32, shape);
-  for (int64_t i = 0; i < t.num_elements(); ++i) t.data<float>()[i] = g(rng);
-  return t;
-}
-
 // conv + bias; `pad` for 3x3 kernels.
 void AddConv(ModelBuilder* b, const std::string& x, const std::string& y, int64_t in,
              int64_t out, int64_t k, int seed) {
