@@ -3,6 +3,7 @@
 // rounding remains) must match the FP32 plan of the same model, and the chained tensors
 // must really travel narrow.
 #include <cmath>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <vector>
@@ -76,15 +77,20 @@ onnx::ModelProto MixedReaders() {
   return b.model();
 }
 
-Compared CompileAndCompare(Precision precision, onnx::ModelProto built = ResidualNet()) {
-  // Parsed from bytes as a model file is: that runs shape inference, which the
-  // residual fusion needs.
-  built.mutable_graph()->set_name("residual_net");
+// `built` (one output, [batch, dims...]) parsed from bytes as a model file is: that runs
+// shape inference, which the residual fusion and the batch split need.
+absl::StatusOr<onnx::ModelProto> AsModelFile(onnx::ModelProto built, const std::string& name,
+                                              std::initializer_list<int64_t> dims) {
+  built.mutable_graph()->set_name(name);
   auto* y_shape = built.mutable_graph()->mutable_output(0)->mutable_type()
                       ->mutable_tensor_type()->mutable_shape();  // the checker wants one
   y_shape->add_dim()->set_dim_param("dyn");
-  for (int64_t d : {4, 12, 12}) y_shape->add_dim()->set_dim_value(d);
-  auto parsed = ParseOnnxModel(built.SerializeAsString(), "residual_net");
+  for (int64_t d : dims) y_shape->add_dim()->set_dim_value(d);
+  return ParseOnnxModel(built.SerializeAsString(), name);
+}
+
+Compared CompileAndCompare(Precision precision, onnx::ModelProto built = ResidualNet()) {
+  auto parsed = AsModelFile(std::move(built), "residual_net", {4, 12, 12});
   Compared r;
   EXPECT_TRUE(parsed.ok()) << parsed.status();
   if (!parsed.ok()) return r;
@@ -168,13 +174,7 @@ TEST(ReducedConvTest, LargeMapsMatchFp32AtEveryPrecision) {
   AddConv(&b, "r", "bconv", 32, 32, 3, 74);
   b.Node("Relu", {"bconv"}, {"r2"});
   AddConv(&b, "r2", "y", 32, 32, 3, 71);
-  onnx::ModelProto built = b.model();
-  built.mutable_graph()->set_name("large_maps");
-  auto* y_shape = built.mutable_graph()->mutable_output(0)->mutable_type()
-                      ->mutable_tensor_type()->mutable_shape();
-  y_shape->add_dim()->set_dim_param("dyn");
-  for (int64_t d : {32, 64, 64}) y_shape->add_dim()->set_dim_value(d);
-  auto model = ParseOnnxModel(built.SerializeAsString(), "large_maps");
+  auto model = AsModelFile(b.model(), "large_maps", {32, 64, 64});
   ASSERT_TRUE(model.ok()) << model.status();
   const Tensor calib = Gaussian({4, 16, 64, 64}, 1.f, 72);
   auto fp32 = Session::Compile(*model, CompileOptions());
