@@ -24,7 +24,8 @@ namespace qs {
 // pooling, element-wise ops with per-sample operands) and that ends at the last node
 // whose per-sample output is at least `min_sample_bytes` (estimated at 4 bytes per
 // element from shape inference). Every graph input the prefix reads must have a free
-// leading (batch) dimension. 0 when there is no such prefix.
+// leading (batch) dimension. 0 when there is no such prefix, and for graphs with
+// INT8/DYNAMIC_RANGE nodes (see above).
 size_t BatchSplitEnd(const Graph& graph, size_t min_sample_bytes = size_t{1} << 20);
 
 }  // namespace qs

@@ -265,14 +265,7 @@ absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildPlan(
       pn.donatable[k] = std::count(pn.inputs.begin(), pn.inputs.end(), s) == 1;
     }
   }
-  // Not for integer plans: their u8 activations are a quarter of the size and already
-  // stay in cache at batch 8, so per-sample runs only add primitive launches (measured,
-  // batch 8: ResNet-50 INT8 43.5 split vs 42.5 ms whole, MobileNetV2 9.4 vs 8.0).
-  const bool integer = std::any_of(graph.nodes.begin(), graph.nodes.end(), [](const Node& n) {
-    const std::string p = n.attrs.GetString(kPrecisionAttr, "");
-    return p == kPrecisionStatic || p == kPrecisionDynamic;
-  });
-  plan->split_end = integer ? 0 : BatchSplitEnd(graph);
+  plan->split_end = BatchSplitEnd(graph);
   if (plan->split_end > 0) {
     std::vector<bool> produced(plan->num_slots, false), read_in(plan->num_slots, false),
         read_after(plan->num_slots, false);

@@ -121,7 +121,8 @@ dnnl::convolution_forward::primitive_desc FastestConvolution(
     }
   }
   if (!known) {
-    if (!timing_allowed) return first;  // on a request: no timing, nothing recorded
+    // On a request (or with tuning off): no timing, nothing recorded.
+    if (!timing_allowed || !TuningEnabled()) return first;
     {
       absl::MutexLock lock(&cache.mu);
       if (cache.impl.size() >= kMaxDecisions) return first;
@@ -142,7 +143,7 @@ dnnl::convolution_forward::primitive_desc FastestConvolution(
       } while (static_cast<int>(candidates.size()) < kMaxCandidates && it.next_impl());
     }
     chosen = first_name;
-    if (candidates.size() > 1 && TuningEnabled()) {
+    if (candidates.size() > 1) {
       double best = std::numeric_limits<double>::infinity();
       for (const std::string& name : candidates) {
         dnnl::convolution_forward::primitive_desc pd(desc, attr, dnnl->engine);

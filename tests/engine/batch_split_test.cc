@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/onnx_import.h"
+#include "engine/ops/reduced_precision.h"
 #include "engine/session.h"
 #include "gtest/gtest.h"
 #include "tests/engine/ops/model_builder.h"
@@ -65,6 +66,20 @@ TEST(BatchSplitEndTest, EndsAfterTheLastLargeSeparableNode) {
   EXPECT_EQ(SplitEnd(m, 512 * 1024), 2u);   // c1, r1
   EXPECT_EQ(SplitEnd(m, 128 * 1024), 7u);   // through the residual Add, before the GAP
   EXPECT_EQ(SplitEnd(m, 1 << 20), 0u);      // nothing that large
+}
+
+TEST(BatchSplitEndTest, NoSplitForIntegerPlans) {
+  auto graph = ImportGraph(SmallCnn(64, false));
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_EQ(BatchSplitEnd(*graph, 128 * 1024), 7u);
+  for (const char* precision : {kPrecisionStatic, kPrecisionDynamic}) {
+    Graph g = *graph;
+    g.nodes[3].attrs.SetString(kPrecisionAttr, precision);  // the second conv
+    EXPECT_EQ(BatchSplitEnd(g, 128 * 1024), 0u) << precision;
+  }
+  Graph bf16 = *graph;
+  bf16.nodes[3].attrs.SetString(kPrecisionAttr, kPrecisionBf16);
+  EXPECT_EQ(BatchSplitEnd(bf16, 128 * 1024), 7u);
 }
 
 TEST(BatchSplitEndTest, NoSplitWithoutAFreeBatchDimension) {
