@@ -19,6 +19,7 @@
 // Per-context state caches the primitive and memory objects per input shape; packed
 // weights are shared by all contexts (PackedWeights).
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <unordered_map>
 
@@ -104,6 +105,7 @@ struct Plan {
   dnnl::primitive prim;
   memory src, weights, dst, zero_point, act_scale, bias;
   int bias_post_op = -1;  // index of the bias binary_add post-op, -1 when none
+  bool bias_arg = false;  // the bias is the primitive's own DNNL_ARG_BIAS
   int scale_post_op = -1;
   // bf16 only: the src conversion.
   dnnl::reorder to_bf16;
@@ -119,8 +121,10 @@ struct State : KernelState {
 // src zero point, and the post-ops chain (act scale, bias, activation). `rank` is the
 // dst rank; the per-channel axis is 1.
 // `residual_u8`: a fused residual arrives as u8 (conv with c.fused_sum only).
+// `bias_arg`: the bias goes to the primitive's own bias argument instead of a post-op.
 dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scales,
-                              int64_t channels, int rank, bool residual_u8, Plan* plan) {
+                              int64_t channels, int rank, bool residual_u8, bool bias_arg,
+                              Plan* plan) {
   dnnl::primitive_attr attr;
   dnnl::post_ops po;
   int index = 0;
@@ -140,7 +144,7 @@ dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scale
     po.append_binary(dnnl::algorithm::binary_mul, memory::desc(one, dt::f32, PlainFormatTag(rank)));
     plan->scale_post_op = index++;
   }
-  if (c.bias.defined()) {
+  if (c.bias.defined() && !bias_arg) {
     memory::dims bdims(rank, 1);
     bdims[1] = channels;
     po.append_binary(dnnl::algorithm::binary_add,
@@ -213,6 +217,8 @@ void Execute(const Common& c, Plan* plan, const Tensor& x, const QuantParams& p,
   }
   if (plan->bias_post_op >= 0) {
     args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(plan->bias_post_op) | DNNL_ARG_SRC_1] = plan->bias;
+  } else if (plan->bias_arg) {
+    args[DNNL_ARG_BIAS] = plan->bias;
   }
   plan->prim.execute(dnnl->stream, args);
   dnnl->stream.wait();
@@ -232,6 +238,26 @@ void MakeScalars(const Common& c, int rank, int64_t channels, const dnnl::engine
     plan->bias = memory({bdims, dt::f32, PlainFormatTag(rank)}, eng,
                         const_cast<void*>(c.bias.raw_data()));
   }
+}
+
+// The bias in the form a conv primitive's own bias argument takes, or an undefined
+// tensor when it has to stay a binary_add post-op. oneDNN 2.6 adds that argument to
+// the s32 accumulator before the output scales (y = oscale * (acc + b)), whereas
+// c.bias is in the units after them, so static INT8 divides by the per-channel output
+// scale; BF16 has no scales. The argument is the faster path: the binary post-op cost
+// 3-8 % on ResNet-50's 1x1 INT8 convs (docs/performance.md, session 4). DYNAMIC_RANGE
+// keeps the post-op: its activation scale, known only at run time, comes before it.
+Tensor BiasArgument(const Common& c, const std::vector<float>& w_scales) {
+  if (!c.bias.defined() || c.mode == Mode::kDynamic) return Tensor();
+  if (c.mode == Mode::kBf16) return c.bias;
+  const float out_scale = c.u8_out ? c.out.scale : 1.f;
+  Tensor b = c.bias.Clone();
+  float* v = b.data<float>();
+  for (int64_t i = 0; i < b.num_elements(); ++i) {
+    v[i] /= w_scales[i] * c.act.scale / out_scale;
+    if (!std::isfinite(v[i])) return Tensor();  // tiny scales: keep the exact post-op
+  }
+  return b;
 }
 
 // ------------------------------------------------------------------ Conv ----------
@@ -256,13 +282,16 @@ class ReducedConvKernel : public Kernel {
       packed_ = std::make_unique<PackedWeights>(q.values, memory::desc(dims, dt::s8, tag));
     }
     packed_->release_unpacked_after_first_pack();
+    bias_arg_ = BiasArgument(c_, scales_);
+    if (bias_arg_.defined()) c_.bias = Tensor();  // held once, in the argument's form
   }
 
   LayoutPolicy layout_policy() const override { return LayoutPolicy::kAny; }
   std::unique_ptr<KernelState> NewState() const override { return std::make_unique<State>(); }
   int64_t weight_bytes() const override {
     return static_cast<int64_t>(packed_->byte_size() + scales_.size() * 4 +
-                                (c_.bias.defined() ? c_.bias.byte_size() : 0));
+                                (c_.bias.defined() ? c_.bias.byte_size() : 0) +
+                                (bias_arg_.defined() ? bias_arg_.byte_size() : 0));
   }
 
   absl::Status Run(KernelRunContext& ctx) const override {
@@ -362,14 +391,17 @@ class ReducedConvKernel : public Kernel {
     if (group_ > 1) wdims = {group_, oc / group_, w_shape_[1], w_shape_[2], w_shape_[3]};
     else wdims = {oc, w_shape_[1], w_shape_[2], w_shape_[3]};
     const memory::desc w_md(wdims, w_dt, memory::format_tag::any);
-    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, oc, 4, residual_u8, plan.get());
+    const bool bias_arg = bias_arg_.defined();
+    const dnnl::primitive_attr attr =
+        MakeAttr(c_, scales_, oc, 4, residual_u8, bias_arg, plan.get());
     const memory::dims strides(geo_.strides.begin(), geo_.strides.end());
     memory::dims dil = {geo_.dilations[0] - 1, geo_.dilations[1] - 1};
     const memory::dims pad_l(pb.begin(), pb.end()), pad_r(pe.begin(), pe.end());
     const dnnl::engine& eng = dnnl->engine;
     const dnnl::convolution_forward::desc desc(
         dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md,
-        w_md, memory::desc(), dst_md, strides, dil, pad_l, pad_r);
+        w_md, bias_arg ? memory::desc({oc}, dt::f32, memory::format_tag::a) : memory::desc(),
+        dst_md, strides, dil, pad_l, pad_r);
     // The fastest kernel for the shape (impl_autotune.h). Not at DYNAMIC_RANGE: its
     // run-time zero point has no size the primitive reports, and its kernels are
     // chosen for that zero point's speed already (onednn-and-build.md, B.5).
@@ -390,7 +422,7 @@ class ReducedConvKernel : public Kernel {
                                absl::StrJoin(pad_l, ","), "/", absl::StrJoin(pad_r, ","),
                                " out", c_.u8_out, c_.bf16_out, " zp", c_.act.zero_point != 0,
                                c_.u8_out && c_.out.zero_point != 0, " sum", c_.fused_sum,
-                               residual_u8, " b", c_.bias.defined(), " act",
+                               residual_u8, " b", c_.bias.defined(), bias_arg_.defined(), " act",
                                static_cast<int>(c_.fused.kind), ":", c_.fused.lo, ":",
                                c_.fused.hi),
                   extra_args);
@@ -404,6 +436,11 @@ class ReducedConvKernel : public Kernel {
       plan->to_bf16 = dnnl::reorder(plan->src_f32, plan->src);
     }
     MakeScalars(c_, 4, oc, eng, plan.get());
+    if (bias_arg) {
+      plan->bias_arg = true;
+      plan->bias = memory({{oc}, dt::f32, memory::format_tag::a}, eng,
+                          const_cast<void*>(bias_arg_.raw_data()));
+    }
     return plan;
   }
 
@@ -413,6 +450,7 @@ class ReducedConvKernel : public Kernel {
   Shape w_shape_;
   std::vector<float> scales_;
   std::unique_ptr<PackedWeights> packed_;
+  Tensor bias_arg_;  // BiasArgument(c_, scales_); undefined: bias in a post-op, or none
 };
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedConv(const KernelInit& init) {
@@ -511,7 +549,7 @@ class ReducedMatMulKernel : public Kernel {
     const memory::desc src_md({m, k_}, src_dt, memory::format_tag::ab);
     const memory::desc dst_md({m, n_}, dt::f32, memory::format_tag::ab);
     const memory::desc w_md({k_, n_}, w_dt, memory::format_tag::any);
-    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, n_, 2, false, plan.get());
+    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, n_, 2, false, false, plan.get());
     const dnnl::engine& eng = dnnl->engine;
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, dst_md), attr, eng);
     plan->prim = dnnl::matmul(pd);

@@ -2,6 +2,7 @@
 // compiled at reduced precision (INT8 calibrated on the evaluation input, so only
 // rounding remains) must match the FP32 plan of the same model, and the chained tensors
 // must really travel narrow.
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
 #include <random>
@@ -17,12 +18,12 @@
 namespace qs {
 namespace {
 
-// conv + bias; `pad` for 3x3 kernels.
+// conv + bias; `pad` for 3x3 kernels. Weights He-scaled times `w_gain`, bias N(0, bias_std).
 void AddConv(ModelBuilder* b, const std::string& x, const std::string& y, int64_t in,
-             int64_t out, int64_t k, int seed) {
+             int64_t out, int64_t k, int seed, float w_gain = 1.f, float bias_std = 0.1f) {
   const std::string w = y + "_w", bias = y + "_b";
-  b->Constant(w, Gaussian({out, in, k, k}, std::sqrt(2.f / (in * k * k)), seed));
-  b->Constant(bias, Gaussian({out}, 0.1f, seed + 1));
+  b->Constant(w, Gaussian({out, in, k, k}, w_gain * std::sqrt(2.f / (in * k * k)), seed));
+  b->Constant(bias, Gaussian({out}, bias_std, seed + 1));
   auto* n = b->Node("Conv", {x, w, bias}, {y});
   n->set_name(y);
   SetInts(n, "pads", {k / 2, k / 2, k / 2, k / 2});
@@ -204,6 +205,30 @@ TEST(ReducedConvTest, LargeMapsMatchFp32AtEveryPrecision) {
       EXPECT_GE(dot / std::sqrt(na * nb), 0.999) << "batch " << batch;
     }
   }
+}
+
+// Outputs made mostly of bias (weights at a tenth of He scale, bias N(0, 1)): the INT8
+// and BF16 convs take the bias as the primitive's own argument, which INT8 must first
+// divide by each channel's output scale (and by the next layer's input scale where it
+// writes u8). A wrong factor there shows as an O(1) error, which small biases would hide.
+TEST(ReducedConvTest, BiasDominatedOutputsMatchFp32) {
+  ModelBuilder b;
+  b.Input("x", {-1, 8, 12, 12});
+  b.Output("y");
+  // x -A-> relu -B-> relu -Y-> y: A writes u8 for B; B writes f32 for the FP32 head Y.
+  AddConv(&b, "x", "a", 8, 16, 3, 80, 0.1f, 1.f);
+  b.Node("Relu", {"a"}, {"r"});
+  AddConv(&b, "r", "bconv", 16, 16, 1, 82, 0.1f, 1.f);
+  b.Node("Relu", {"bconv"}, {"r2"});
+  AddConv(&b, "r2", "y", 16, 4, 1, 84);
+  const Compared r1 = CompileAndCompare(Precision::kInt8, b.model());
+  EXPECT_GE(r1.cosine, 0.999);
+  EXPECT_LE(r1.max_rel_err, 0.02);
+  EXPECT_NE(std::find(r1.narrow_outputs.begin(), r1.narrow_outputs.end(), "a"),
+            r1.narrow_outputs.end());  // the u8-writing path was taken
+  const Compared r2 = CompileAndCompare(Precision::kBF16, b.model());
+  EXPECT_GE(r2.cosine, 0.9999);
+  EXPECT_LE(r2.max_rel_err, 0.01);
 }
 
 TEST(ReducedConvTest, DynamicRangeKeepsFp32BetweenLayers) {
