@@ -40,15 +40,28 @@ bool IsReducedPrecisionCandidate(const Node& node, const Graph& graph) {
 
 namespace {
 
+// A conv over fewer than 4 input channels: the first layer of an image model.
+bool IsImageStem(const Node& node, const Graph& graph) {
+  if (node.op_type != "Conv") return false;
+  const Tensor& w = graph.initializers.at(node.inputs[1]);
+  return w.dim(1) * node.attrs.GetInt("group", 1) < 4;
+}
+
+// The CPU computes bf16 dot products natively (oneDNN's avx512_core_bf16 or newer);
+// elsewhere oneDNN would emulate bf16 at a speed no better than FP32.
+bool NativeBf16() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
+  return (isa & bf16) == bf16;
+}
+
 bool DefaultExcluded(const Node& node, const Graph& graph,
                      const absl::flat_hash_set<std::string>& graph_outputs,
                      Precision precision) {
   for (const auto& o : node.outputs)
     if (graph_outputs.count(o)) return true;  // the head that produces a model output
   if (node.op_type == "Conv") {
-    const Tensor& w = graph.initializers.at(node.inputs[1]);
-    const int64_t in_channels = w.dim(1) * node.attrs.GetInt("group", 1);
-    if (in_channels < 4) return true;  // the image stem
+    if (IsImageStem(node, graph)) return true;
     // Depthwise convolutions are memory-bound: run at run-time quantization (DYNAMIC_RANGE)
     // they gain nothing and lose accuracy. Static INT8 keeps them, since a chain of u8
     // convs through them moves a quarter of the bytes (MobileNetV2 b8: 14.2 -> 9.2 ms).
@@ -167,8 +180,14 @@ absl::Status AssignPrecision(const CompileOptions& options,
     if (!IsReducedPrecisionCandidate(node, *graph)) continue;
     if (node.attrs.Has(kPrecisionAttr)) continue;  // quantized by the model itself (QDQ)
     if (ex_ops.count(node.op_type) || ex_nodes.count(node.name)) continue;
-    if (!options.disable_default_exclusions && DefaultExcluded(node, *graph, graph_outputs, options.precision))
+    if (!options.disable_default_exclusions &&
+        DefaultExcluded(node, *graph, graph_outputs, options.precision)) {
+      if (IsImageStem(node, *graph) && options.precision == Precision::kInt8 &&
+          options.int8_stem_in_bf16 && NativeBf16()) {
+        node.attrs.SetString(kPrecisionAttr, kPrecisionBf16);
+      }
       continue;
+    }
     if (options.precision == Precision::kInt8) {
       if (i >= ranges.size() || !ranges[i].valid) continue;
       node.attrs.SetFloat(kActMinAttr, ranges[i].min);

@@ -4,11 +4,14 @@
 // must really travel narrow.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <initializer_list>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "dnnl.hpp"
 #include "engine/onnx_import.h"
 #include "engine/session.h"
 #include "engine/tensor.h"
@@ -229,6 +232,65 @@ TEST(ReducedConvTest, BiasDominatedOutputsMatchFp32) {
   const Compared r2 = CompileAndCompare(Precision::kBF16, b.model());
   EXPECT_GE(r2.cosine, 0.9999);
   EXPECT_LE(r2.max_rel_err, 0.01);
+}
+
+// The image stem (a conv over 3 channels) of an INT8 plan runs in BF16 where the CPU
+// computes bf16 natively, in FP32 elsewhere, when the option is off, or when the user
+// names it; with the default exclusions disabled it is INT8 like the rest.
+TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
+  ModelBuilder b;
+  b.Input("x", {-1, 3, 16, 16});
+  b.Output("y");
+  AddConv(&b, "x", "stem", 3, 16, 3, 90);
+  b.Node("Relu", {"stem"}, {"r"});
+  AddConv(&b, "r", "body", 16, 16, 3, 92);
+  b.Node("Relu", {"body"}, {"r2"});
+  AddConv(&b, "r2", "y", 16, 4, 1, 94);
+  auto model = AsModelFile(b.model(), "stem_net", {4, 16, 16});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Tensor x = Gaussian({2, 3, 16, 16}, 1.f, 95);
+  auto fp32 = Session::Compile(*model, CompileOptions());
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  std::vector<Tensor> want;
+  ASSERT_TRUE((*fp32)->Run((*fp32)->NewContext().get(), {x}, &want).ok());
+  const unsigned isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const unsigned bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
+  const std::string native_stem = (isa & bf16) == bf16 ? "BF16" : "FP32";
+  struct Case {
+    const char* label;
+    std::function<void(CompileOptions*)> set;
+    std::string stem;
+  };
+  const std::vector<Case> cases = {
+      {"default", [](CompileOptions*) {}, native_stem},
+      {"option off", [](CompileOptions* o) { o->int8_stem_in_bf16 = false; }, "FP32"},
+      {"named", [](CompileOptions* o) { o->exclude_nodes = {"stem"}; }, "FP32"},
+      {"no default exclusions",
+       [](CompileOptions* o) { o->disable_default_exclusions = true; }, "INT8"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    CompileOptions o;
+    o.precision = Precision::kInt8;
+    o.calibration = {{x}};
+    c.set(&o);
+    auto q = Session::Compile(*model, o);
+    ASSERT_TRUE(q.ok()) << q.status();
+    std::map<std::string, std::string> precision;
+    for (const NodePrecision& p : (*q)->precision_report()) precision[p.name] = p.precision;
+    EXPECT_EQ(precision["stem"], c.stem);
+    EXPECT_EQ(precision["body"], "INT8");
+    std::vector<Tensor> got;
+    ASSERT_TRUE((*q)->Run((*q)->NewContext().get(), {x}, &got).ok());
+    double dot = 0, na = 0, nb = 0;
+    for (int64_t i = 0; i < want[0].num_elements(); ++i) {
+      const double a = want[0].data<float>()[i], g = got[0].data<float>()[i];
+      dot += a * g;
+      na += a * a;
+      nb += g * g;
+    }
+    EXPECT_GE(dot / std::sqrt(na * nb), 0.999);
+  }
 }
 
 TEST(ReducedConvTest, DynamicRangeKeepsFp32BetweenLayers) {
