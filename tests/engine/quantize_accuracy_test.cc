@@ -20,7 +20,11 @@
 //   8 (never the evaluation samples).
 //   Metric: cosine similarity of each sample's output vector (per graph output) with the
 //   FP32 plan's; the bound applies to the minimum over the samples (the mean is printed
-//   too): >= 0.999 for FP16/BF16, >= 0.99 for INT8 and DYNAMIC_RANGE.
+//   too): >= 0.999 for FP16/BF16, >= 0.99 for INT8 and DYNAMIC_RANGE. BF16 must also be
+//   at least as close to FP32 as PyTorch's own BF16 inference (autocast; the fixture's
+//   b4/bf16 outputs) on the fixture's batch-4 inputs, or above 0.9999; on mobilenet_v2
+//   that is its bound, since 0.999 is out of reach there (PyTorch: 0.994). INT8 on
+//   mobilenet_v2: >= 0.976, ONNX Runtime's own static int8 of that architecture.
 //   Memory: resnet18 INT8 with disable_default_exclusions: weight_bytes <= 0.27 x
 //   fp32_weight_bytes; FP16: stored_weight_bytes within [0.48, 0.52] x fp32_weight_bytes.
 //
@@ -439,8 +443,9 @@ TEST_P(ExportCosineTest, CosineVsFp32WithinBounds) {
     // 1.5-3 dB per block (rounding only its FP32 input to BF16 already gives 0.9994).
     const bool mobilenet = name == "mobilenet_v2";
     const double bound = IsInt(v.precision) ? (mobilenet ? 0.976 : 0.99) : 0.999;
-    // Enforced on the default configuration; BF16 on MobileNetV2 (0.9978) is a known
-    // miss reported in the issue notes.
+    // Enforced on the default configuration. BF16 on MobileNetV2 (0.9978) misses 0.999:
+    // PyTorch's own BF16 of this network reaches only 0.994, and BF16 is held instead to
+    // beating that (below).
     const bool enforce = !v.disable_default_exclusions &&
                          !(mobilenet && v.precision == Precision::kBF16);
     const PlanStats st = (*s)->stats();
@@ -459,6 +464,27 @@ TEST_P(ExportCosineTest, CosineVsFp32WithinBounds) {
                      absl::StrFormat("%.5f", c.min));
       if (enforce) {
         EXPECT_GE(c.min, bound) << fig;
+      }
+      if (v.precision == Precision::kBF16) {
+        // PyTorch's own BF16 (autocast) of the fixture's batch-4 inputs, eval rows 1-4,
+        // against its FP32 outputs: ours, against our FP32 plan, must be at least as close
+        // (or above 0.9999).
+        const std::string b4 = absl::StrCat(dir, "/b4/", SafeFileName(oname), ".npy");
+        auto theirs_out = ReadNpy(absl::StrCat(dir, "/b4/bf16/", SafeFileName(oname), ".npy"));
+        auto theirs_ref = ReadNpy(b4);
+        ASSERT_TRUE(theirs_out.ok()) << theirs_out.status();
+        ASSERT_TRUE(theirs_ref.ok()) << theirs_ref.status();
+        const Cosine theirs = SampleCosine(*theirs_out, *theirs_ref);
+        const Cosine ours = SampleCosine(Rows((*out)[o], 1, 4), Rows((*ref)[o], 1, 4));
+        const std::string vs = absl::StrFormat(
+            "%s %-32s %-7s on the fixture's b4 inputs: cosine min %.5f mean %.5f; PyTorch "
+            "BF16 autocast min %.5f mean %.5f",
+            name, v.label, oname, ours.min, ours.mean, theirs.min, theirs.mean);
+        Figure(vs);
+        // Above 0.9999 both are at rounding noise, where the order means nothing.
+        if (!v.disable_default_exclusions) {
+          EXPECT_GE(ours.min, std::min(theirs.min, 0.9999)) << vs;
+        }
       }
     }
   }
