@@ -60,6 +60,18 @@ onnx::ModelProto ResidualNet() {
   return b.model();
 }
 
+// Cosine similarity of two f32 tensors of the same size, as flat vectors.
+double Cosine(const Tensor& want, const Tensor& got) {
+  double dot = 0, na = 0, nb = 0;
+  for (int64_t i = 0; i < want.num_elements(); ++i) {
+    const double a = want.data<float>()[i], g = got.data<float>()[i];
+    dot += a * g;
+    na += a * a;
+    nb += g * g;
+  }
+  return dot / std::sqrt(na * nb);
+}
+
 struct Compared {
   double cosine = 0, max_rel_err = 0;
   std::vector<std::string> narrow_outputs;  // nodes whose output travelled as u8/bf16
@@ -123,15 +135,12 @@ Compared CompileAndCompare(Precision precision, onnx::ModelProto built = Residua
   if (!st.ok()) return r;
   const float* a = want[0].data<float>();
   const float* b = got[0].data<float>();
-  double dot = 0, na = 0, nb = 0, amax = 0, err = 0;
+  double amax = 0, err = 0;
   for (int64_t i = 0; i < want[0].num_elements(); ++i) {
-    dot += double(a[i]) * b[i];
-    na += double(a[i]) * a[i];
-    nb += double(b[i]) * b[i];
     amax = std::max(amax, std::fabs(double(a[i])));
     err = std::max(err, std::fabs(double(a[i]) - b[i]));
   }
-  r.cosine = dot / std::sqrt(na * nb);
+  r.cosine = Cosine(want[0], got[0]);
   r.max_rel_err = err / amax;
   return r;
 }
@@ -198,14 +207,7 @@ TEST(ReducedConvTest, LargeMapsMatchFp32AtEveryPrecision) {
       ASSERT_TRUE((*fp32)->Warmup(c1.get(), {x}, &want).ok());
       absl::Status st = (*q)->Warmup(c2.get(), {x}, &got);
       ASSERT_TRUE(st.ok()) << st;
-      double dot = 0, na = 0, nb = 0;
-      for (int64_t i = 0; i < want[0].num_elements(); ++i) {
-        const double a = want[0].data<float>()[i], g = got[0].data<float>()[i];
-        dot += a * g;
-        na += a * a;
-        nb += g * g;
-      }
-      EXPECT_GE(dot / std::sqrt(na * nb), 0.999) << "batch " << batch;
+      EXPECT_GE(Cosine(want[0], got[0]), 0.999) << "batch " << batch;
     }
   }
 }
@@ -282,14 +284,7 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
     EXPECT_EQ(precision["body"], "INT8");
     std::vector<Tensor> got;
     ASSERT_TRUE((*q)->Run((*q)->NewContext().get(), {x}, &got).ok());
-    double dot = 0, na = 0, nb = 0;
-    for (int64_t i = 0; i < want[0].num_elements(); ++i) {
-      const double a = want[0].data<float>()[i], g = got[0].data<float>()[i];
-      dot += a * g;
-      na += a * a;
-      nb += g * g;
-    }
-    EXPECT_GE(dot / std::sqrt(na * nb), 0.999);
+    EXPECT_GE(Cosine(want[0], got[0]), 0.999);
   }
 }
 
