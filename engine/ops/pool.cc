@@ -159,10 +159,11 @@ class PoolKernel : public Kernel {
     const Tensor* x = ctx.input(0);
     if (x == nullptr) return RunError("missing input");
     Tensor plain_x;
-    // u8 max pooling (an INT8 chain through MaxPool) runs on oneDNN in either layout.
-    const bool u8_max = x->dtype() == DataType::kUInt8 && p_.kind == PoolKind::kMax;
+    // u8 and bf16 max pooling (an INT8 chain, or a BF16 image stem feeding one, through
+    // MaxPool) runs on oneDNN in either layout.
+    const bool narrow_max = IsNarrowMax(x->dtype());
     if (x->layout() == Layout::kChannelsLast && x->dtype() != DataType::kFloat32 &&
-        !u8_max) {
+        !narrow_max) {
       plain_x = ToPlain(*x);
       x = &plain_x;
     }
@@ -232,13 +233,15 @@ class PoolKernel : public Kernel {
       if (j >= 0 && pe[j] > declared) overhang = true;
     }
     const bool avg_include = p_.kind == PoolKind::kAvg && p_.count_include_pad;
-    const bool u8_max = x.dtype() == DataType::kUInt8 && p_.kind == PoolKind::kMax;
-    plan->use_dnnl = (x.dtype() == DataType::kFloat32 || u8_max) && !p_.want_indices &&
+    const bool narrow_max = IsNarrowMax(x.dtype());
+    plan->use_dnnl = (x.dtype() == DataType::kFloat32 || narrow_max) && !p_.want_indices &&
                      !(avg_include && overhang) && !plan->empty;
     if (!plan->use_dnnl) return plan;
 
     const dnnl::engine& eng = dnnl->engine;
-    const auto dt = u8_max ? dnnl::memory::data_type::u8 : dnnl::memory::data_type::f32;
+    const auto dt = x.dtype() == DataType::kUInt8      ? dnnl::memory::data_type::u8
+                    : x.dtype() == DataType::kBFloat16 ? dnnl::memory::data_type::bf16
+                                                       : dnnl::memory::data_type::f32;
     const dnnl::memory::desc src_md = ActivationDescOf(x, dt);
     const dnnl::memory::desc dst_md = x.layout() == Layout::kChannelsLast
                                           ? ChannelsLastDesc(plan->out_shape, dt)
@@ -258,6 +261,10 @@ class PoolKernel : public Kernel {
     plan->src = dnnl::memory(src_md, eng, DNNL_MEMORY_NONE);
     plan->dst = dnnl::memory(dst_md, eng, DNNL_MEMORY_NONE);
     return plan;
+  }
+
+  bool IsNarrowMax(DataType t) const {
+    return p_.kind == PoolKind::kMax && (t == DataType::kUInt8 || t == DataType::kBFloat16);
   }
 
   absl::Status RunLoop(const Tensor& x, const Geometry3& g, Tensor* y,

@@ -187,7 +187,12 @@ QuantParams PrepareSource(const Common& c, const Tensor& x, State* state) {
     MinMax(x.data<float>(), n, &lo, &hi);
     p = ComputeU8Params(lo, hi);
   }
-  QuantizeU8(x.data<float>(), n, p.scale, p.zero_point, state->scratch.data<uint8_t>());
+  if (x.dtype() == DataType::kBFloat16) {  // static only (see ReducedConvKernel::Run)
+    QuantizeBf16ToU8(x.data<uint16_t>(), n, p.scale, p.zero_point,
+                     state->scratch.data<uint8_t>());
+  } else {
+    QuantizeU8(x.data<float>(), n, p.scale, p.zero_point, state->scratch.data<uint8_t>());
+  }
   return p;
 }
 
@@ -300,8 +305,10 @@ class ReducedConvKernel : public Kernel {
     const bool chained = xin != nullptr && xin->dtype() == DataType::kUInt8 &&
                          c_.mode == Mode::kStatic &&
                          (xin->layout() == Layout::kChannelsLast || LayoutIsTrivial(xin->shape()));
+    // bf16 input: a BF16 chain, or (static INT8) a BF16 image stem's output, quantized
+    // from bf16 here.
     const bool chained_bf16 = xin != nullptr && xin->dtype() == DataType::kBFloat16 &&
-                              c_.mode == Mode::kBf16 &&
+                              (c_.mode == Mode::kBf16 || c_.mode == Mode::kStatic) &&
                               (xin->layout() == Layout::kChannelsLast ||
                                LayoutIsTrivial(xin->shape()));
     if (xin == nullptr ||
@@ -319,9 +326,9 @@ class ReducedConvKernel : public Kernel {
     if (c_.fused_sum &&
         (r == nullptr ||
          !(r->dtype() == DataType::kFloat32 || (residual_u8 && c_.res_u8) ||
-           (r->dtype() == DataType::kBFloat16 && c_.mode == Mode::kBf16)))) {
-      return RunError("fused residual must be FP32",
-                      c_.res_u8 ? " or u8" : c_.mode == Mode::kBf16 ? " or BF16" : "");
+           (r->dtype() == DataType::kBFloat16 && c_.mode != Mode::kDynamic)))) {
+      return RunError("fused residual must be FP32", c_.res_u8 ? ", u8" : "",
+                      c_.mode != Mode::kDynamic ? " or BF16" : "");
     }
     Shape key = x.shape();
     key.push_back(static_cast<int64_t>(x.dtype()));
@@ -362,16 +369,20 @@ class ReducedConvKernel : public Kernel {
                                             : DataType::kFloat32;
     if (r.dtype() == dst_type) return AccumulatorFromInput(ctx, 3, Layout::kChannelsLast);
     const Tensor src = ToChannelsLast(r);
-    if (dst_type == DataType::kBFloat16 || r.dtype() == DataType::kBFloat16) {
-      return CastTensor(src, dst_type);
-    }
-    Tensor y = Tensor::Uninitialized(dst_type, r.shape());
     const int64_t n = r.num_elements();
-    if (dst_type == DataType::kUInt8) {
-      QuantizeU8(src.data<float>(), n, c_.out.scale, c_.out.zero_point, y.data<uint8_t>());
-    } else {
-      DequantizeU8(src.data<uint8_t>(), n, c_.res.scale, c_.res.zero_point, y.data<float>());
+    if (dst_type == DataType::kUInt8) {  // from f32, or bf16 (a BF16 stem's output)
+      Tensor y = Tensor::Uninitialized(dst_type, r.shape());
+      if (r.dtype() == DataType::kBFloat16) {
+        QuantizeBf16ToU8(src.data<uint16_t>(), n, c_.out.scale, c_.out.zero_point,
+                         y.data<uint8_t>());
+      } else {
+        QuantizeU8(src.data<float>(), n, c_.out.scale, c_.out.zero_point, y.data<uint8_t>());
+      }
+      return y;
     }
+    if (r.dtype() != DataType::kUInt8) return CastTensor(src, dst_type);  // f32 <-> bf16
+    Tensor y = Tensor::Uninitialized(dst_type, r.shape());
+    DequantizeU8(src.data<uint8_t>(), n, c_.res.scale, c_.res.zero_point, y.data<float>());
     return y;
   }
 

@@ -56,9 +56,11 @@ __attribute__((target("avx512f,avx512bw"))) void MinMaxAvx512(const float* x, in
   *mx = hi;
 }
 
-__attribute__((target("avx512f,avx512bw"))) void QuantizeU8Avx512(const float* x, int64_t n,
-                                                                  float scale, int32_t zp,
-                                                                  uint8_t* q) {
+// 16 floats loaded by `load(i)` (a __m512) and the scalar tail by `scalar(i)` (a float),
+// quantized to u8: clamp(round_half_even(x / scale) + zp, 0, 255).
+template <typename Load, typename Scalar>
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void QuantizeU8Avx512(
+    int64_t n, float scale, int32_t zp, uint8_t* q, Load load, Scalar scalar) {
   const __m512 inv = _mm512_set1_ps(1.f / scale);
   const __m512i zpv = _mm512_set1_epi32(zp);
   const __m512i lo = _mm512_setzero_si512();
@@ -66,14 +68,36 @@ __attribute__((target("avx512f,avx512bw"))) void QuantizeU8Avx512(const float* x
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     // cvtps rounds with MXCSR: round-to-nearest-even by default, as ONNX specifies.
-    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load(i), inv));
     v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, zpv), lo), hi);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(v));
   }
   for (; i < n; ++i) {
-    const int32_t v = static_cast<int32_t>(std::nearbyint(x[i] * (1.f / scale))) + zp;
+    const int32_t v = static_cast<int32_t>(std::nearbyint(scalar(i) * (1.f / scale))) + zp;
     q[i] = static_cast<uint8_t>(std::clamp(v, 0, 255));
   }
+}
+
+__attribute__((target("avx512f,avx512bw"))) void QuantizeF32U8Avx512(const float* x, int64_t n,
+                                                                     float scale, int32_t zp,
+                                                                     uint8_t* q) {
+  QuantizeU8Avx512(
+      n, scale, zp, q,
+      [x](int64_t i) __attribute__((target("avx512f"))) { return _mm512_loadu_ps(x + i); },
+      [x](int64_t i) { return x[i]; });
+}
+
+// bf16 is the upper half of an f32's bits.
+__attribute__((target("avx512f,avx512bw"))) void QuantizeBf16U8Avx512(const uint16_t* x,
+                                                                      int64_t n, float scale,
+                                                                      int32_t zp, uint8_t* q) {
+  QuantizeU8Avx512(
+      n, scale, zp, q,
+      [x](int64_t i) __attribute__((target("avx512f"))) {
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+      },
+      [x](int64_t i) { return BFloat16ToFloat(x[i]); });
 }
 
 }  // namespace
@@ -169,7 +193,7 @@ void MinMaxSerial(const float* x, int64_t n, float* mn, float* mx) {
 void QuantizeU8Serial(const float* x, int64_t n, float scale, int32_t zero_point,
                       uint8_t* q) {
   if (HasAvx512()) {
-    QuantizeU8Avx512(x, n, scale, zero_point, q);
+    QuantizeF32U8Avx512(x, n, scale, zero_point, q);
     return;
   }
   const float inv = 1.f / scale;
@@ -203,6 +227,21 @@ void MinMax(const float* x, int64_t n, float* mn, float* mx) {
 void QuantizeU8(const float* x, int64_t n, float scale, int32_t zero_point, uint8_t* q) {
   ForChunks(n, [&](int64_t begin, int64_t end, int) {
     QuantizeU8Serial(x + begin, end - begin, scale, zero_point, q + begin);
+  });
+}
+
+void QuantizeBf16ToU8(const uint16_t* x, int64_t n, float scale, int32_t zero_point,
+                      uint8_t* q) {
+  ForChunks(n, [&](int64_t begin, int64_t end, int) {
+    if (HasAvx512()) {
+      QuantizeBf16U8Avx512(x + begin, end - begin, scale, zero_point, q + begin);
+      return;
+    }
+    const float inv = 1.f / scale;
+    for (int64_t i = begin; i < end; ++i) {
+      const int32_t v = static_cast<int32_t>(std::nearbyint(BFloat16ToFloat(x[i]) * inv)) + zero_point;
+      q[i] = static_cast<uint8_t>(std::clamp(v, 0, 255));
+    }
   });
 }
 

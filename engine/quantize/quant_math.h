@@ -39,6 +39,9 @@ void MinMax(const float* x, int64_t n, float* min, float* max);
 
 // q[i] = clamp(round_half_even(x[i] / scale) + zp, 0, 255).
 void QuantizeU8(const float* x, int64_t n, float scale, int32_t zero_point, uint8_t* q);
+// The same for bf16 input (raw bf16 bits, as Tensor stores kBFloat16).
+void QuantizeBf16ToU8(const uint16_t* x, int64_t n, float scale, int32_t zero_point,
+                      uint8_t* q);
 // x[i] = scale * (q[i] - zero_point).
 void DequantizeU8(const uint8_t* q, int64_t n, float scale, int32_t zero_point, float* x);
 

@@ -238,15 +238,22 @@ TEST(ReducedConvTest, BiasDominatedOutputsMatchFp32) {
 
 // The image stem (a conv over 3 channels) of an INT8 plan runs in BF16 where the CPU
 // computes bf16 natively, in FP32 elsewhere, when the option is off, or when the user
-// names it; with the default exclusions disabled it is INT8 like the rest.
+// names it; with the default exclusions disabled it is INT8 like the rest. A BF16 stem
+// read only through a MaxPool by INT8 convs (as input and as fused residual, ResNet's
+// shape) writes bf16, pooled in bf16.
 TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
   ModelBuilder b;
   b.Input("x", {-1, 3, 16, 16});
   b.Output("y");
   AddConv(&b, "x", "stem", 3, 16, 3, 90);
   b.Node("Relu", {"stem"}, {"r"});
-  AddConv(&b, "r", "body", 16, 16, 3, 92);
-  b.Node("Relu", {"body"}, {"r2"});
+  auto* pool = b.Node("MaxPool", {"r"}, {"p"});
+  pool->set_name("pool");
+  SetInts(pool, "kernel_shape", {3, 3});
+  SetInts(pool, "pads", {1, 1, 1, 1});
+  AddConv(&b, "p", "body", 16, 16, 3, 92);
+  b.Node("Add", {"body", "p"}, {"sum"});
+  b.Node("Relu", {"sum"}, {"r2"});
   AddConv(&b, "r2", "y", 16, 4, 1, 94);
   auto model = AsModelFile(b.model(), "stem_net", {4, 16, 16});
   ASSERT_TRUE(model.ok()) << model.status();
@@ -282,9 +289,20 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
     for (const NodePrecision& p : (*q)->precision_report()) precision[p.name] = p.precision;
     EXPECT_EQ(precision["stem"], c.stem);
     EXPECT_EQ(precision["body"], "INT8");
+    std::map<std::string, DataType> out_type;
+    auto ctx = (*q)->NewContext();
+    ctx->set_tap([&](size_t node, const std::vector<const Tensor*>&,
+                     const std::vector<Tensor>& outs) {
+      if (!outs.empty()) out_type[(*q)->precision_report()[node].name] = outs[0].dtype();
+    });
     std::vector<Tensor> got;
-    ASSERT_TRUE((*q)->Run((*q)->NewContext().get(), {x}, &got).ok());
+    ASSERT_TRUE((*q)->Run(ctx.get(), {x}, &got).ok());
     EXPECT_GE(Cosine(want[0], got[0]), 0.999);
+    const DataType stem_out = c.stem == "BF16"   ? DataType::kBFloat16
+                              : c.stem == "INT8" ? DataType::kUInt8
+                                                 : DataType::kFloat32;
+    EXPECT_EQ(out_type["stem"], stem_out);
+    EXPECT_EQ(out_type["pool"], stem_out);
   }
 }
 

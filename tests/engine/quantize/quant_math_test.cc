@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <vector>
 
 #include "engine/quantize/calibration.h"
 #include "gtest/gtest.h"
@@ -48,6 +49,29 @@ TEST(QuantMathTest, QuantizeU8MatchesScalarReferenceIncludingTies) {
     const double r = std::nearbyint(static_cast<double>(x[i])) + 10;
     EXPECT_EQ(q[i], static_cast<uint8_t>(std::clamp(r, 0.0, 255.0))) << i;
   }
+}
+
+TEST(QuantMathTest, QuantizeBf16ToU8MatchesQuantizingTheWidenedValues) {
+  // Large enough to split across threads, with a tail that is not a multiple of 16.
+  omp_set_num_threads(2);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g(0.f, 4.f);
+  std::vector<uint16_t> b(100003);
+  for (uint16_t& v : b) v = FloatToBFloat16(g(rng));
+  b[0] = FloatToBFloat16(2.5f);    // a tie with scale 1 -> 2 (even)
+  b[1] = FloatToBFloat16(-500.f);  // saturates low
+  b[2] = FloatToBFloat16(900.f);   // saturates high
+  std::vector<float> widened(b.size());
+  for (size_t i = 0; i < b.size(); ++i) widened[i] = BFloat16ToFloat(b[i]);
+  for (float scale : {1.f, 0.037f}) {
+    std::vector<uint8_t> want(b.size()), got(b.size());
+    QuantizeU8(widened.data(), static_cast<int64_t>(b.size()), scale, 17, want.data());
+    QuantizeBf16ToU8(b.data(), static_cast<int64_t>(b.size()), scale, 17, got.data());
+    EXPECT_EQ(got, want) << "scale " << scale;
+  }
+  std::vector<uint8_t> q(3);
+  QuantizeBf16ToU8(b.data(), 3, 1.f, 10, q.data());
+  EXPECT_EQ(q, (std::vector<uint8_t>{12, 0, 255}));
 }
 
 TEST(QuantMathTest, MinMaxMatchesStdOnOddLengths) {
