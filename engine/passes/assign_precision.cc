@@ -1,4 +1,3 @@
-#include <functional>
 #include <optional>
 #include <unordered_set>
 #include <utility>
@@ -78,11 +77,18 @@ bool IsConvAt(const Node& n, const char* precision) {
 // u8 quantization and with rounding to bf16, so a MaxPool on the narrow type yields the
 // same values. False when a MaxPool on the way must stay f32 (it has an Indices output or
 // is a graph output). `pooled` is set when a reader sits behind a MaxPool.
+const std::vector<std::pair<size_t, size_t>>& ReadersOf(const InputReaderMap& readers,
+                                                        const std::string& value) {
+  static const auto* const kNone = new std::vector<std::pair<size_t, size_t>>();
+  const auto it = readers.find(value);
+  return it == readers.end() ? *kNone : it->second;
+}
+
 bool ReadersThroughMaxPool(const Graph& graph,
                            const absl::flat_hash_set<std::string>& graph_outputs,
-                           InputReaderMap& readers, const std::string& value,
+                           const InputReaderMap& readers, const std::string& value,
                            std::vector<std::pair<size_t, size_t>>* out, bool* pooled) {
-  for (const auto& [reader, k] : readers[value]) {
+  for (const auto& [reader, k] : ReadersOf(readers, value)) {
     const Node& c = graph.nodes[reader];
     if (c.op_type != "MaxPool" || !c.domain.empty()) {
       out->push_back({reader, k});
@@ -90,7 +96,7 @@ bool ReadersThroughMaxPool(const Graph& graph,
     }
     *pooled = true;
     if (c.outputs.size() != 1 || graph_outputs.count(c.outputs[0]) ||
-        readers[c.outputs[0]].empty() ||
+        ReadersOf(readers, c.outputs[0]).empty() ||
         !ReadersThroughMaxPool(graph, graph_outputs, readers, c.outputs[0], out, pooled)) {
       return false;
     }
@@ -109,12 +115,12 @@ bool ReadersThroughMaxPool(const Graph& graph,
 void Bf16StemsWriteBf16(Graph* graph) {
   absl::flat_hash_set<std::string> graph_outputs;
   for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
-  InputReaderMap readers = InputReaders(*graph);
+  const InputReaderMap readers = InputReaders(*graph);
   for (Node& node : graph->nodes) {
     if (!IsConvAt(node, kPrecisionBf16) || graph_outputs.count(node.outputs[0])) continue;
     std::vector<std::pair<size_t, size_t>> rs;
     bool pooled = false;
-    const std::vector<std::pair<size_t, size_t>> direct = readers[node.outputs[0]];
+    const auto& direct = ReadersOf(readers, node.outputs[0]);
     if (direct.size() != 1 || graph->nodes[direct[0].first].op_type != "MaxPool" ||
         !ReadersThroughMaxPool(*graph, graph_outputs, readers, node.outputs[0], &rs,
                                &pooled) ||
@@ -144,11 +150,12 @@ void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange
   const bool int8 = std::string(precision) == kPrecisionStatic;
   absl::flat_hash_set<std::string> graph_outputs;
   for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
-  InputReaderMap readers = InputReaders(*graph);
+  const InputReaderMap readers = InputReaders(*graph);
   auto expand = [&](const std::string& value, std::vector<std::pair<size_t, size_t>>* out,
                     bool* pooled) {
     if (!int8) {
-      out->insert(out->end(), readers[value].begin(), readers[value].end());
+      const auto& rs = ReadersOf(readers, value);
+      out->insert(out->end(), rs.begin(), rs.end());
       return true;
     }
     return ReadersThroughMaxPool(*graph, graph_outputs, readers, value, out, pooled);
@@ -162,7 +169,7 @@ void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange
     if (!expand(node.outputs[0], &rs, &pooled) || rs.empty()) continue;
     // Readers behind a MaxPool calibrated the pooled tensor: its range is not this
     // tensor's, so it may not quantize what other readers take raw.
-    if (pooled && readers[node.outputs[0]].size() > 1) continue;
+    if (pooled && ReadersOf(readers, node.outputs[0]).size() > 1) continue;
     bool ok = true;
     // Input-0 readers calibrated this very tensor, so their ranges agree; the range
     // seen as a residual (same tensor, same data) serves when there is no such reader.
@@ -226,7 +233,8 @@ absl::Status AssignPrecision(const CompileOptions& options,
     if (ex_ops.count(node.op_type) || ex_nodes.count(node.name)) continue;
     if (!options.disable_default_exclusions &&
         DefaultExcluded(node, *graph, graph_outputs, options.precision)) {
-      if (IsImageStem(node, *graph) && options.precision == Precision::kInt8 &&
+      const bool head = graph_outputs.count(node.outputs[0]) > 0;
+      if (!head && IsImageStem(node, *graph) && options.precision == Precision::kInt8 &&
           options.int8_stem_in_bf16 && NativeBf16()) {
         node.attrs.SetString(kPrecisionAttr, kPrecisionBf16);
       }

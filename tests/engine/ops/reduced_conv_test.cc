@@ -306,6 +306,23 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
   }
 }
 
+// A 3-channel conv that is also the output head stays FP32 (the head rule wins).
+TEST(ReducedConvTest, ImageStemThatIsTheHeadStaysFp32) {
+  ModelBuilder b;
+  b.Input("x", {-1, 3, 8, 8});
+  b.Output("y");
+  AddConv(&b, "x", "y", 3, 4, 3, 96);
+  auto model = AsModelFile(b.model(), "stem_head", {4, 8, 8});
+  ASSERT_TRUE(model.ok()) << model.status();
+  CompileOptions o;
+  o.precision = Precision::kInt8;
+  o.calibration = {{Gaussian({2, 3, 8, 8}, 1.f, 97)}};
+  auto q = Session::Compile(*model, o);
+  ASSERT_TRUE(q.ok()) << q.status();
+  ASSERT_EQ((*q)->precision_report().size(), 1u);
+  EXPECT_EQ((*q)->precision_report()[0].precision, "FP32");
+}
+
 TEST(ReducedConvTest, DynamicRangeKeepsFp32BetweenLayers) {
   const Compared r = CompileAndCompare(Precision::kDynamicRange);
   EXPECT_GE(r.cosine, 0.999);
