@@ -47,9 +47,9 @@ struct CompileOptions {
   std::vector<std::string> exclude_op_types;
   std::vector<std::string> exclude_nodes;
   // By default the layers that produce a graph output (the classifier head) and
-  // convolutions over fewer than 4 input channels (the image stem) stay out of int8:
-  // they are the most sensitive to rounding and a small share of the operations.
-  // The head stays FP32.
+  // convolutions over fewer than 4 input channels (the image stem) stay FP32 (INT8 plans
+  // may run the stem in BF16, see int8_stem_in_bf16): they are the most sensitive to
+  // rounding and a small share of the operations.
   bool disable_default_exclusions = false;
   // INT8 plans run the image stem in BF16 instead of FP32 where the CPU computes bf16
   // natively: it costs no measurable accuracy (its error stays ~20 dB below int8's)

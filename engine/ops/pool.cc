@@ -1,8 +1,9 @@
 // MaxPool, AveragePool (1-D/2-D/3-D), GlobalAveragePool, GlobalMaxPool.
 //
-// FP32 MaxPool/AveragePool run on oneDNN pooling_v2_forward (plain layouts, primitive
-// cached per input shape). A plain loop covers what oneDNN does not express: MaxPool's
-// Indices output, integer and double tensors, and AveragePool with count_include_pad
+// FP32 MaxPool/AveragePool run on oneDNN pooling_v2_forward (primitive cached per input
+// shape), as do u8 and bf16 MaxPool (reduced-precision chains) in either layout. A
+// plain loop covers what oneDNN does not express: MaxPool's Indices output, other
+// integer and double tensors, and AveragePool with count_include_pad
 // and ceil_mode (ONNX counts the explicit pads but not the ceil overhang; oneDNN would
 // count both). Global pools are a reduction over each plane: a loop.
 #include <algorithm>
@@ -181,7 +182,7 @@ class PoolKernel : public Kernel {
     if (p_.want_indices)
       indices = Tensor::Uninitialized(DataType::kInt64, plan->out_shape);
     if (plan->empty) {
-      // nothing to compute
+      y.set_layout(x->layout());  // nothing to compute; a narrow chain reads it as is
     } else if (plan->use_dnnl) {
       plan->src.set_data_handle(const_cast<void*>(x->raw_data()));
       plan->dst.set_data_handle(y.raw_data());

@@ -11,11 +11,16 @@
 //     activation follow as post-ops; the output is f32 (dequantization fused).
 //  "static": INT8. As above, but the activation range comes from calibration
 //     (kActMinAttr/kActMaxAttr), so scale and zero point are folded into the primitive
-//     at creation: output scales = w_scale * act_scale, static zero point.
+//     at creation: output scales = w_scale * act_scale, static zero point. The bias is
+//     the primitive's own argument (see BiasArgument).
 //  "bf16": BF16. Weights packed as bf16 once; activations converted to bf16 by a
-//     oneDNN reorder; f32 accumulation and output (native avx512_bf16 dot products).
+//     oneDNN reorder; f32 accumulation and output (native avx512_bf16 dot products);
+//     the bias is the primitive's own argument.
 //
-// Inputs and outputs stay f32 so these kernels drop in anywhere an FP32 one would.
+// Inputs and outputs are f32, so these kernels drop in anywhere an FP32 one would,
+// except inside the chains assign_precision.cc sets up: a static conv then reads u8 or
+// bf16 (a BF16 image stem's output) and may write u8 (kOutMinAttr/kOutMaxAttr), and a
+// BF16 conv may read and write bf16 (kOutBf16Attr).
 // Per-context state caches the primitive and memory objects per input shape; packed
 // weights are shared by all contexts (PackedWeights).
 #include <algorithm>
@@ -167,7 +172,8 @@ dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scale
   return attr;
 }
 
-// Quantizes or converts `x` (f32) into the state's scratch buffer and returns the
+// Quantizes `x` (f32, or bf16 for static INT8) into the state's u8 scratch buffer (BF16
+// converts in Execute; u8 passes through) and returns the
 // dynamic parameters (unused in the other modes).
 QuantParams PrepareSource(const Common& c, const Tensor& x, State* state) {
   const int64_t n = x.num_elements();
@@ -229,7 +235,8 @@ void Execute(const Common& c, Plan* plan, const Tensor& x, const QuantParams& p,
   dnnl->stream.wait();
 }
 
-// Memory objects a plan owns outright (zero point and scale scalars, bias view).
+// Memory objects a plan owns outright (zero point and scale scalars, the bias post-op's
+// view; a bias argument's view is made in Build).
 void MakeScalars(const Common& c, int rank, int64_t channels, const dnnl::engine& eng,
                  Plan* plan) {
   if (c.mode == Mode::kDynamic) {
@@ -252,16 +259,26 @@ void MakeScalars(const Common& c, int rank, int64_t channels, const dnnl::engine
 // scale; BF16 has no scales. The argument is the faster path: the binary post-op cost
 // 3-8 % on ResNet-50's 1x1 INT8 convs (docs/performance.md, session 4). DYNAMIC_RANGE
 // keeps the post-op: its activation scale, known only at run time, comes before it.
+// `c.bias` is the model's own (f32 output units); a u8 output rescales the whole sum by
+// 1 / out_scale, which the output scales carry.
 Tensor BiasArgument(const Common& c, const std::vector<float>& w_scales) {
   if (!c.bias.defined() || c.mode == Mode::kDynamic) return Tensor();
   if (c.mode == Mode::kBf16) return c.bias;
-  const float out_scale = c.u8_out ? c.out.scale : 1.f;
   Tensor b = c.bias.Clone();
   float* v = b.data<float>();
   for (int64_t i = 0; i < b.num_elements(); ++i) {
-    v[i] /= w_scales[i] * c.act.scale / out_scale;
+    v[i] /= w_scales[i] * c.act.scale;
     if (!std::isfinite(v[i])) return Tensor();  // tiny scales: keep the exact post-op
   }
+  return b;
+}
+
+// The bias for the binary_add post-op, which runs after the output scales: in units of
+// the u8 output when there is one.
+Tensor BiasPostOp(const Common& c) {
+  if (!c.bias.defined() || !c.u8_out) return c.bias;
+  Tensor b = c.bias.Clone();
+  for (int64_t i = 0; i < b.num_elements(); ++i) b.data<float>()[i] /= c.out.scale;
   return b;
 }
 
@@ -287,8 +304,9 @@ class ReducedConvKernel : public Kernel {
       packed_ = std::make_unique<PackedWeights>(q.values, memory::desc(dims, dt::s8, tag));
     }
     packed_->release_unpacked_after_first_pack();
+    // The bias is held once, in the form it is used in.
     bias_arg_ = BiasArgument(c_, scales_);
-    if (bias_arg_.defined()) c_.bias = Tensor();  // held once, in the argument's form
+    c_.bias = bias_arg_.defined() ? Tensor() : BiasPostOp(c_);
   }
 
   LayoutPolicy layout_policy() const override { return LayoutPolicy::kAny; }
@@ -314,7 +332,7 @@ class ReducedConvKernel : public Kernel {
     if (xin == nullptr ||
         (xin->dtype() != DataType::kFloat32 && !chained && !chained_bf16) ||
         xin->rank() != 4) {
-      return RunError("expected an FP32 rank-4 input");
+      return RunError("expected an FP32 (or chained u8/bf16) rank-4 input");
     }
     if (xin->dim(1) != w_shape_[1] * group_) {
       return RunError("X has ", xin->dim(1), " channels, W expects ", w_shape_[1] * group_);
@@ -476,11 +494,11 @@ absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedConv(const KernelInit& init) 
     return NodeError(node, "reduced precision needs a constant bias");
   }
   if (b != nullptr) {
-    c.bias = *b;
-    if (c.u8_out) {  // the bias post-op also runs in output units
-      c.bias = b->Clone();
-      for (int64_t i = 0; i < c.bias.num_elements(); ++i) c.bias.data<float>()[i] /= c.out.scale;
+    if (b->rank() != 1 || b->dim(0) != w->dim(0) || b->dtype() != DataType::kFloat32) {
+      return NodeError(node, "bias ", ShapeToString(b->shape()), " does not match the ",
+                       w->dim(0), " output channels");
     }
+    c.bias = *b;  // in the form the kernel uses it (BiasArgument / BiasPostOp)
   }
   const int64_t group = node.attrs.GetInt("group", 1);
   QS_ASSIGN_OR_RETURN(WindowGeometry geo,

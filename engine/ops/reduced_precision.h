@@ -22,7 +22,8 @@ inline constexpr char kOutMaxAttr[] = "qs_out_max";
 // (the range its producer writes it in), set by the precision pass.
 inline constexpr char kResMinAttr[] = "qs_res_min";
 inline constexpr char kResMaxAttr[] = "qs_res_max";
-// BF16 conv: write the output as bf16 (every consumer is a BF16 conv).
+// BF16 conv: write the output as bf16 (every consumer is a BF16 conv, or, in an INT8
+// plan, a MaxPool whose readers are all static INT8 convs).
 inline constexpr char kOutBf16Attr[] = "qs_out_bf16";
 
 // Registry key of the reduced-precision variant of `op_type`.

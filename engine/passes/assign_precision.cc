@@ -73,10 +73,7 @@ bool IsConvAt(const Node& n, const char* precision) {
   return n.op_type == "Conv" && n.attrs.GetString(kPrecisionAttr, "") == precision;
 }
 
-// The readers (node, input index) of `value`, looking through MaxPools: max commutes with
-// u8 quantization and with rounding to bf16, so a MaxPool on the narrow type yields the
-// same values. False when a MaxPool on the way must stay f32 (it has an Indices output or
-// is a graph output). `pooled` is set when a reader sits behind a MaxPool.
+// The readers of `value` (none when it has no entry); never inserts into `readers`.
 const std::vector<std::pair<size_t, size_t>>& ReadersOf(const InputReaderMap& readers,
                                                         const std::string& value) {
   static const auto* const kNone = new std::vector<std::pair<size_t, size_t>>();
@@ -84,6 +81,10 @@ const std::vector<std::pair<size_t, size_t>>& ReadersOf(const InputReaderMap& re
   return it == readers.end() ? *kNone : it->second;
 }
 
+// The readers (node, input index) of `value`, looking through MaxPools: max commutes with
+// u8 quantization and with rounding to bf16, so a MaxPool on the narrow type yields the
+// same values. False when a MaxPool on the way must stay f32 (it has an Indices output or
+// is a graph output). `pooled` is set when a reader sits behind a MaxPool.
 bool ReadersThroughMaxPool(const Graph& graph,
                            const absl::flat_hash_set<std::string>& graph_outputs,
                            const InputReaderMap& readers, const std::string& value,

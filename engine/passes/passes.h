@@ -88,7 +88,9 @@ absl::Status EliminateDeadNodes(Graph* graph);
 bool IsReducedPrecisionCandidate(const Node& node, const Graph& graph);
 
 // Marks candidates for options.precision (DYNAMIC_RANGE, INT8 with `ranges`, BF16),
-// honouring the exclusions in `options`.
+// honouring the exclusions in `options`; at INT8 the default-excluded image stem may run
+// in BF16 (CompileOptions::int8_stem_in_bf16). Then chains narrow tensors (u8/bf16)
+// between reduced-precision convs.
 absl::Status AssignPrecision(const CompileOptions& options,
                              const std::vector<NodeRange>& ranges, Graph* graph);
 

@@ -306,6 +306,53 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
   }
 }
 
+// A BF16 stem read directly by an INT8 conv (MobileNetV2's shape) keeps writing f32: bf16
+// then u8 would round twice. So does one whose MaxPool output is also read by a non-conv.
+TEST(ReducedConvTest, Bf16StemWritesF32UnlessOnlyPooledIntoInt8Convs) {
+  const unsigned isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const unsigned bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
+  if ((isa & bf16) != bf16) GTEST_SKIP() << "no native bf16: the stem stays FP32";
+  for (bool pooled : {false, true}) {
+    SCOPED_TRACE(pooled ? "MaxPool also read by a Sigmoid" : "read directly by a conv");
+    ModelBuilder b;
+    b.Input("x", {-1, 3, 16, 16});
+    b.Output("y");
+    AddConv(&b, "x", "stem", 3, 16, 3, 100);
+    b.Node("Relu", {"stem"}, {"r"});
+    std::string body_in = "r";
+    if (pooled) {
+      auto* pool = b.Node("MaxPool", {"r"}, {"p"});
+      SetInts(pool, "kernel_shape", {3, 3});
+      SetInts(pool, "pads", {1, 1, 1, 1});
+      b.Node("Sigmoid", {"p"}, {"s"});
+      body_in = "p";
+    }
+    AddConv(&b, body_in, "body", 16, 16, 3, 102);
+    std::string head_in = "body";
+    if (pooled) {
+      b.Node("Add", {"body", "s"}, {"bs"});
+      head_in = "bs";
+    }
+    AddConv(&b, head_in, "y", 16, 4, 1, 104);
+    auto model = AsModelFile(b.model(), "stem_f32", {4, 16, 16});
+    ASSERT_TRUE(model.ok()) << model.status();
+    CompileOptions o;
+    o.precision = Precision::kInt8;
+    o.calibration = {{Gaussian({2, 3, 16, 16}, 1.f, 105)}};
+    auto q = Session::Compile(*model, o);
+    ASSERT_TRUE(q.ok()) << q.status();
+    DataType stem_out = DataType::kUndefined;
+    auto ctx = (*q)->NewContext();
+    ctx->set_tap([&](size_t node, const std::vector<const Tensor*>&,
+                     const std::vector<Tensor>& outs) {
+      if ((*q)->precision_report()[node].name == "stem") stem_out = outs[0].dtype();
+    });
+    std::vector<Tensor> got;
+    ASSERT_TRUE((*q)->Run(ctx.get(), {o.calibration[0][0]}, &got).ok());
+    EXPECT_EQ(stem_out, DataType::kFloat32);
+  }
+}
+
 // A 3-channel conv that is also the output head stays FP32 (the head rule wins).
 TEST(ReducedConvTest, ImageStemThatIsTheHeadStaysFp32) {
   ModelBuilder b;
