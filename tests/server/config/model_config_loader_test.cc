@@ -227,6 +227,7 @@ TEST(ParseModelConfigTextTest, ParsesQuantizationBlock) {
       exclude_op_types: [ "Softmax", "LayerNormalization" ]
       exclude_nodes: "head/MatMul"
       disable_default_exclusions: true
+      int8_stem_fp32: true
     }
     drift {
       sample_rate: 0.01
@@ -254,6 +255,7 @@ TEST(ParseModelConfigTextTest, ParsesQuantizationBlock) {
   EXPECT_EQ(q.exclude_op_types(1), "LayerNormalization");
   ASSERT_EQ(q.exclude_nodes_size(), 1);
   EXPECT_TRUE(q.disable_default_exclusions());
+  EXPECT_TRUE(q.int8_stem_fp32());
 
   ASSERT_TRUE(config->has_drift());
   const inference::DriftConfig& d = config->drift();
@@ -276,6 +278,7 @@ TEST(ParseModelConfigTextTest, MinimalQuantizationBlock) {
   EXPECT_EQ(config->quantization().calibration().method(),
             inference::CalibrationConfig::ENTROPY);
   EXPECT_FALSE(config->quantization().disable_default_exclusions());
+  EXPECT_FALSE(config->quantization().int8_stem_fp32());
 }
 
 TEST(ParseModelConfigTextTest, EmptyTextIsAnEmptyConfig) {

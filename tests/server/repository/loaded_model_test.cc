@@ -1,0 +1,44 @@
+// LoadedModel::Load hands the config's quantization block to the engine: digits_cnn from
+// the test repository (fixture test_repo) at INT8 with the default exclusions. Its
+// 1-channel stem conv runs in BF16 on CPUs with native bf16 and in FP32 with
+// int8_stem_fp32 (and on other CPUs).
+#include <string>
+
+#include "dnnl.hpp"
+#include "gtest/gtest.h"
+#include "server/repository/loaded_model.h"
+
+namespace qs {
+namespace {
+
+TEST(LoadedModelTest, Int8StemFp32KeepsTheImageStemInFp32) {
+  const unsigned isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const unsigned bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
+  const std::string native = (isa & bf16) == bf16 ? "BF16" : "FP32";
+  for (bool stem_fp32 : {false, true}) {
+    SCOPED_TRACE(stem_fp32 ? "int8_stem_fp32: true" : "default");
+    ModelLoadRequest req;
+    req.name = "digits_cnn_int8";
+    req.version = 1;
+    req.model_dir = QS_BINARY_DIR "/test_repo/digits_cnn_int8";
+    req.config.set_name(req.name);
+    req.config.set_max_batch_size(16);
+    inference::QuantizationConfig* q = req.config.mutable_quantization();
+    q->set_precision(inference::INT8);
+    q->mutable_calibration()->set_data_dir("calibration");
+    q->set_int8_stem_fp32(stem_fp32);
+    auto model = LoadedModel::Load(req);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const auto& report = (*model)->session().precision_report();
+    ASSERT_FALSE(report.empty());
+    // The stem is the first node; the second conv is INT8 either way.
+    EXPECT_EQ(report[0].op_type, "Conv");
+    EXPECT_EQ(report[0].precision, stem_fp32 ? "FP32" : native);
+    bool int8_conv = false;
+    for (const auto& n : report) int8_conv |= n.op_type == "Conv" && n.precision == "INT8";
+    EXPECT_TRUE(int8_conv);
+  }
+}
+
+}  // namespace
+}  // namespace qs
