@@ -529,12 +529,17 @@ class ReducedMatMulKernel : public Kernel {
       packed_ = std::make_unique<PackedWeights>(q.values, memory::desc({k_, n_}, dt::s8, tag));
     }
     packed_->release_unpacked_after_first_pack();
+    // As for convs: oneDNN 2.6's matmul also adds the bias argument before the scales.
+    // The output is always f32 here, so there is no post-op fallback to rescale.
+    bias_arg_ = BiasArgument(c_, scales_);
+    if (bias_arg_.defined()) c_.bias = Tensor();
   }
 
   std::unique_ptr<KernelState> NewState() const override { return std::make_unique<State>(); }
   int64_t weight_bytes() const override {
     return static_cast<int64_t>(packed_->byte_size() + scales_.size() * 4 +
-                                (c_.bias.defined() ? c_.bias.byte_size() : 0));
+                                (c_.bias.defined() ? c_.bias.byte_size() : 0) +
+                                (bias_arg_.defined() ? bias_arg_.byte_size() : 0));
   }
 
   absl::Status Run(KernelRunContext& ctx) const override {
@@ -578,9 +583,14 @@ class ReducedMatMulKernel : public Kernel {
     const memory::desc src_md({m, k_}, src_dt, memory::format_tag::ab);
     const memory::desc dst_md({m, n_}, dt::f32, memory::format_tag::ab);
     const memory::desc w_md({k_, n_}, w_dt, memory::format_tag::any);
-    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, n_, 2, false, false, plan.get());
+    const bool bias_arg = bias_arg_.defined();
+    const dnnl::primitive_attr attr = MakeAttr(c_, scales_, n_, 2, false, bias_arg, plan.get());
     const dnnl::engine& eng = dnnl->engine;
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, dst_md), attr, eng);
+    const memory::desc bias_md({1, n_}, dt::f32, memory::format_tag::ab);
+    dnnl::matmul::primitive_desc pd(
+        bias_arg ? dnnl::matmul::desc(src_md, w_md, bias_md, dst_md)
+                 : dnnl::matmul::desc(src_md, w_md, dst_md),
+        attr, eng);
     plan->prim = dnnl::matmul(pd);
     plan->weights = packed_->Get(pd.weights_desc(), dnnl);
     plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
@@ -591,6 +601,10 @@ class ReducedMatMulKernel : public Kernel {
       plan->to_bf16 = dnnl::reorder(plan->src_f32, plan->src);
     }
     MakeScalars(c_, 2, n_, eng, plan.get());
+    if (bias_arg) {
+      plan->bias_arg = true;
+      plan->bias = memory(bias_md, eng, const_cast<void*>(bias_arg_.raw_data()));
+    }
     return plan;
   }
 
@@ -598,6 +612,7 @@ class ReducedMatMulKernel : public Kernel {
   int64_t k_, n_;
   std::vector<float> scales_;
   std::unique_ptr<PackedWeights> packed_;
+  Tensor bias_arg_;  // BiasArgument(c_, scales_); undefined: bias in a post-op, or none
 };
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedMatMul(const KernelInit& init) {

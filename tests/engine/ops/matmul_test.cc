@@ -273,12 +273,18 @@ TEST(MatMulFusionTest, ProjectionBiasAndResidualFoldAtEveryPrecision) {
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(nodes, 1);
   ExpectNear(out[0], want);
-  for (Precision p : {Precision::kDynamicRange, Precision::kBF16}) {
+  // The MatMul is the graph's head: without disable_default_exclusions it would stay
+  // FP32. INT8 and BF16 take the bias as the primitive's argument (INT8 divided by the
+  // output scales), DYNAMIC_RANGE as a post-op.
+  for (Precision p : {Precision::kDynamicRange, Precision::kBF16, Precision::kInt8}) {
     CompileOptions o;
     o.precision = p;
+    o.disable_default_exclusions = true;
+    o.calibration = {{x}};
     auto s = Session::Compile(*parsed, o);
     ASSERT_TRUE(s.ok()) << s.status();
     EXPECT_EQ((*s)->stats().num_nodes, 1);
+    EXPECT_NE((*s)->precision_report()[0].precision, "FP32") << PrecisionName(p);
     auto ctx = (*s)->NewContext();
     std::vector<Tensor> got;
     ASSERT_TRUE((*s)->Run(ctx.get(), {x}, &got).ok());
