@@ -98,6 +98,12 @@ dnnl::memory::dims ToDnnlDims(absl::Span<const int64_t> shape) {
   return dnnl::memory::dims(shape.begin(), shape.end());
 }
 
+bool HasNativeBf16() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
+  return (isa & bf16) == bf16;
+}
+
 dnnl::memory::format_tag PlainFormatTag(int rank) {
   using tag = dnnl::memory::format_tag;
   switch (rank) {

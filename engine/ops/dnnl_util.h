@@ -78,6 +78,10 @@ void AppendActivation(const FusedActivation& act, dnnl::post_ops* ops);
 // A primitive_attr with `act` as its only post-op.
 dnnl::primitive_attr MakeActivationAttr(const FusedActivation& act);
 
+// The CPU computes bf16 dot products natively (oneDNN's avx512_core_bf16 or newer);
+// elsewhere oneDNN emulates bf16 at a speed no better than FP32.
+bool HasNativeBf16();
+
 // ---- memory descriptors -------------------------------------------------------------
 
 dnnl::memory::dims ToDnnlDims(absl::Span<const int64_t> shape);

@@ -46,14 +46,6 @@ bool IsImageStem(const Node& node, const Graph& graph) {
   return w.dim(1) * node.attrs.GetInt("group", 1) < 4;
 }
 
-// The CPU computes bf16 dot products natively (oneDNN's avx512_core_bf16 or newer);
-// elsewhere oneDNN would emulate bf16 at a speed no better than FP32.
-bool NativeBf16() {
-  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
-  const auto bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
-  return (isa & bf16) == bf16;
-}
-
 bool DefaultExcluded(const Node& node, const Graph& graph,
                      const absl::flat_hash_set<std::string>& graph_outputs,
                      Precision precision) {
@@ -113,10 +105,8 @@ bool ReadersThroughMaxPool(const Graph& graph,
 // of the range bf16's spacing is the u8 step. MobileNetV2's stem, clipped to [0, 6] and
 // read directly by a conv, lost 0.0023 of cosine that way (fixture min 0.97718 ->
 // 0.97492, below ONNX Runtime's 0.976), for 4 % of speed; ResNet's did not move.
-void Bf16StemsWriteBf16(Graph* graph) {
-  absl::flat_hash_set<std::string> graph_outputs;
-  for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
-  const InputReaderMap readers = InputReaders(*graph);
+void Bf16StemsWriteBf16(Graph* graph, const absl::flat_hash_set<std::string>& graph_outputs,
+                        const InputReaderMap& readers) {
   for (Node& node : graph->nodes) {
     if (!IsConvAt(node, kPrecisionBf16) || graph_outputs.count(node.outputs[0])) continue;
     std::vector<std::pair<size_t, size_t>> rs;
@@ -147,11 +137,10 @@ void Bf16StemsWriteBf16(Graph* graph) {
 // input range (or, read only as a residual, its own calibrated range), and residual
 // readers are told that quantization (kResMinAttr/kResMaxAttr). INT8 chains also pass
 // through MaxPool.
-void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange>& ranges) {
+void ChainConvs(Graph* graph, const char* precision, const std::vector<NodeRange>& ranges,
+                const absl::flat_hash_set<std::string>& graph_outputs,
+                const InputReaderMap& readers) {
   const bool int8 = std::string(precision) == kPrecisionStatic;
-  absl::flat_hash_set<std::string> graph_outputs;
-  for (const auto& o : graph->outputs) graph_outputs.insert(o.name);
-  const InputReaderMap readers = InputReaders(*graph);
   auto expand = [&](const std::string& value, std::vector<std::pair<size_t, size_t>>* out,
                     bool* pooled) {
     if (!int8) {
@@ -236,7 +225,7 @@ absl::Status AssignPrecision(const CompileOptions& options,
         DefaultExcluded(node, *graph, graph_outputs, options.precision)) {
       const bool head = graph_outputs.count(node.outputs[0]) > 0;
       if (!head && IsImageStem(node, *graph) && options.precision == Precision::kInt8 &&
-          options.int8_stem_in_bf16 && NativeBf16()) {
+          options.int8_stem_in_bf16 && HasNativeBf16()) {
         node.attrs.SetString(kPrecisionAttr, kPrecisionBf16);
       }
       continue;
@@ -248,11 +237,15 @@ absl::Status AssignPrecision(const CompileOptions& options,
     }
     node.attrs.SetString(kPrecisionAttr, value);
   }
+  // Precisions only change attributes: one reader map serves both passes.
+  const InputReaderMap readers = InputReaders(*graph);
   if (options.precision == Precision::kInt8) {
-    ChainConvs(graph, kPrecisionStatic, ranges);
-    Bf16StemsWriteBf16(graph);
+    ChainConvs(graph, kPrecisionStatic, ranges, graph_outputs, readers);
+    Bf16StemsWriteBf16(graph, graph_outputs, readers);
   }
-  if (options.precision == Precision::kBF16) ChainConvs(graph, kPrecisionBf16, ranges);
+  if (options.precision == Precision::kBF16) {
+    ChainConvs(graph, kPrecisionBf16, ranges, graph_outputs, readers);
+  }
   return absl::OkStatus();
 }
 

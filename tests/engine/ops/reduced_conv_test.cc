@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "dnnl.hpp"
 #include "engine/onnx_import.h"
+#include "engine/ops/dnnl_util.h"
 #include "engine/session.h"
 #include "engine/tensor.h"
 #include "gtest/gtest.h"
@@ -262,9 +262,7 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
   ASSERT_TRUE(fp32.ok()) << fp32.status();
   std::vector<Tensor> want;
   ASSERT_TRUE((*fp32)->Run((*fp32)->NewContext().get(), {x}, &want).ok());
-  const unsigned isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
-  const unsigned bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
-  const std::string native_stem = (isa & bf16) == bf16 ? "BF16" : "FP32";
+  const std::string native_stem = HasNativeBf16() ? "BF16" : "FP32";
   struct Case {
     const char* label;
     std::function<void(CompileOptions*)> set;
@@ -309,9 +307,7 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
 // A BF16 stem read directly by an INT8 conv (MobileNetV2's shape) keeps writing f32: bf16
 // then u8 would round twice. So does one whose MaxPool output is also read by a non-conv.
 TEST(ReducedConvTest, Bf16StemWritesF32UnlessOnlyPooledIntoInt8Convs) {
-  const unsigned isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
-  const unsigned bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
-  if ((isa & bf16) != bf16) GTEST_SKIP() << "no native bf16: the stem stays FP32";
+  if (!HasNativeBf16()) GTEST_SKIP() << "no native bf16: the stem stays FP32";
   for (bool pooled : {false, true}) {
     SCOPED_TRACE(pooled ? "MaxPool also read by a Sigmoid" : "read directly by a conv");
     ModelBuilder b;

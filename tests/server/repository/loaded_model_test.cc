@@ -4,7 +4,7 @@
 // int8_stem_fp32 (and on other CPUs).
 #include <string>
 
-#include "dnnl.hpp"
+#include "engine/ops/dnnl_util.h"
 #include "gtest/gtest.h"
 #include "server/repository/loaded_model.h"
 
@@ -12,9 +12,7 @@ namespace qs {
 namespace {
 
 TEST(LoadedModelTest, Int8StemFp32KeepsTheImageStemInFp32) {
-  const unsigned isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
-  const unsigned bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
-  const std::string native = (isa & bf16) == bf16 ? "BF16" : "FP32";
+  const std::string native = HasNativeBf16() ? "BF16" : "FP32";
   for (bool stem_fp32 : {false, true}) {
     SCOPED_TRACE(stem_fp32 ? "int8_stem_fp32: true" : "default");
     ModelLoadRequest req;
