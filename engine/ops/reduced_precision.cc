@@ -282,6 +282,14 @@ Tensor BiasPostOp(const Common& c) {
   return b;
 }
 
+// Holds the model's bias once, in the form it is used in: returns BiasArgument (and
+// clears c->bias), or leaves c->bias as the post-op's operand and returns undefined.
+Tensor TakeBiasArgument(Common* c, const std::vector<float>& w_scales) {
+  Tensor arg = BiasArgument(*c, w_scales);
+  c->bias = arg.defined() ? Tensor() : BiasPostOp(*c);
+  return arg;
+}
+
 // ------------------------------------------------------------------ Conv ----------
 
 class ReducedConvKernel : public Kernel {
@@ -304,9 +312,7 @@ class ReducedConvKernel : public Kernel {
       packed_ = std::make_unique<PackedWeights>(q.values, memory::desc(dims, dt::s8, tag));
     }
     packed_->release_unpacked_after_first_pack();
-    // The bias is held once, in the form it is used in.
-    bias_arg_ = BiasArgument(c_, scales_);
-    c_.bias = bias_arg_.defined() ? Tensor() : BiasPostOp(c_);
+    bias_arg_ = TakeBiasArgument(&c_, scales_);
   }
 
   LayoutPolicy layout_policy() const override { return LayoutPolicy::kAny; }
@@ -421,6 +427,7 @@ class ReducedConvKernel : public Kernel {
     else wdims = {oc, w_shape_[1], w_shape_[2], w_shape_[3]};
     const memory::desc w_md(wdims, w_dt, memory::format_tag::any);
     const bool bias_arg = bias_arg_.defined();
+    const memory::desc bias_md({oc}, dt::f32, memory::format_tag::a);
     const dnnl::primitive_attr attr =
         MakeAttr(c_, scales_, oc, 4, residual_u8, bias_arg, plan.get());
     const memory::dims strides(geo_.strides.begin(), geo_.strides.end());
@@ -429,8 +436,7 @@ class ReducedConvKernel : public Kernel {
     const dnnl::engine& eng = dnnl->engine;
     const dnnl::convolution_forward::desc desc(
         dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md,
-        w_md, bias_arg ? memory::desc({oc}, dt::f32, memory::format_tag::a) : memory::desc(),
-        dst_md, strides, dil, pad_l, pad_r);
+        w_md, bias_arg ? bias_md : memory::desc(), dst_md, strides, dil, pad_l, pad_r);
     // The fastest kernel for the shape (impl_autotune.h). Not at DYNAMIC_RANGE: its
     // run-time zero point has no size the primitive reports, and its kernels are
     // chosen for that zero point's speed already (onednn-and-build.md, B.5).
@@ -467,8 +473,7 @@ class ReducedConvKernel : public Kernel {
     MakeScalars(c_, 4, oc, eng, plan.get());
     if (bias_arg) {
       plan->bias_arg = true;
-      plan->bias = memory({{oc}, dt::f32, memory::format_tag::a}, eng,
-                          const_cast<void*>(bias_arg_.raw_data()));
+      plan->bias = memory(bias_md, eng, const_cast<void*>(bias_arg_.raw_data()));
     }
     return plan;
   }
@@ -479,7 +484,7 @@ class ReducedConvKernel : public Kernel {
   Shape w_shape_;
   std::vector<float> scales_;
   std::unique_ptr<PackedWeights> packed_;
-  Tensor bias_arg_;  // BiasArgument(c_, scales_); undefined: bias in a post-op, or none
+  Tensor bias_arg_;  // TakeBiasArgument; undefined: bias in a post-op, or none
 };
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedConv(const KernelInit& init) {
@@ -530,9 +535,7 @@ class ReducedMatMulKernel : public Kernel {
     }
     packed_->release_unpacked_after_first_pack();
     // As for convs: oneDNN 2.6's matmul also adds the bias argument before the scales.
-    // The output is always f32 here, so there is no post-op fallback to rescale.
-    bias_arg_ = BiasArgument(c_, scales_);
-    if (bias_arg_.defined()) c_.bias = Tensor();
+    bias_arg_ = TakeBiasArgument(&c_, scales_);
   }
 
   std::unique_ptr<KernelState> NewState() const override { return std::make_unique<State>(); }
@@ -612,7 +615,7 @@ class ReducedMatMulKernel : public Kernel {
   int64_t k_, n_;
   std::vector<float> scales_;
   std::unique_ptr<PackedWeights> packed_;
-  Tensor bias_arg_;  // BiasArgument(c_, scales_); undefined: bias in a post-op, or none
+  Tensor bias_arg_;  // TakeBiasArgument; undefined: bias in a post-op, or none
 };
 
 absl::StatusOr<std::unique_ptr<Kernel>> MakeReducedMatMul(const KernelInit& init) {
