@@ -56,6 +56,13 @@ __attribute__((target("avx512f,avx512bw"))) void MinMaxAvx512(const float* x, in
   *mx = hi;
 }
 
+// One value quantized to u8 (`inv` = 1 / scale): clamp(round_half_even(x * inv) + zp,
+// 0, 255), as the vector loop below computes it.
+inline uint8_t QuantizeOneU8(float x, float inv, int32_t zp) {
+  return static_cast<uint8_t>(
+      std::clamp(static_cast<int32_t>(std::nearbyint(x * inv)) + zp, 0, 255));
+}
+
 // 16 floats loaded by `load(i)` (a __m512) and the scalar tail by `scalar(i)` (a float),
 // quantized to u8: clamp(round_half_even(x / scale) + zp, 0, 255).
 template <typename Load, typename Scalar>
@@ -72,10 +79,7 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) inline void QuantizeU
     v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, zpv), lo), hi);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(v));
   }
-  for (; i < n; ++i) {
-    const int32_t v = static_cast<int32_t>(std::nearbyint(scalar(i) * (1.f / scale))) + zp;
-    q[i] = static_cast<uint8_t>(std::clamp(v, 0, 255));
-  }
+  for (; i < n; ++i) q[i] = QuantizeOneU8(scalar(i), 1.f / scale, zp);
 }
 
 __attribute__((target("avx512f,avx512bw"))) void QuantizeF32U8Avx512(const float* x, int64_t n,
@@ -197,10 +201,7 @@ void QuantizeU8Serial(const float* x, int64_t n, float scale, int32_t zero_point
     return;
   }
   const float inv = 1.f / scale;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t v = static_cast<int32_t>(std::nearbyint(x[i] * inv)) + zero_point;
-    q[i] = static_cast<uint8_t>(std::clamp(v, 0, 255));
-  }
+  for (int64_t i = 0; i < n; ++i) q[i] = QuantizeOneU8(x[i], inv, zero_point);
 }
 
 }  // namespace
@@ -239,8 +240,7 @@ void QuantizeBf16ToU8(const uint16_t* x, int64_t n, float scale, int32_t zero_po
     }
     const float inv = 1.f / scale;
     for (int64_t i = begin; i < end; ++i) {
-      const int32_t v = static_cast<int32_t>(std::nearbyint(BFloat16ToFloat(x[i]) * inv)) + zero_point;
-      q[i] = static_cast<uint8_t>(std::clamp(v, 0, 255));
+      q[i] = QuantizeOneU8(BFloat16ToFloat(x[i]), inv, zero_point);
     }
   });
 }
