@@ -34,13 +34,47 @@ std::shared_ptr<BufferPool> BufferPool::Create(size_t max_cached_bytes) {
 BufferPool::~BufferPool() {
   for (auto& [size, buffers] : free_)
     for (void* p : buffers) std::free(p);
+  std::free(arena_);  // every place has come back: each holds a reference to the pool
 }
 
 std::shared_ptr<void> BufferPool::Allocate(size_t bytes) {
   const size_t size = RoundedSize(bytes);
   void* p = nullptr;
+  int recorded = -1;  // this allocation's index in the run being recorded
   {
-    absl::MutexLock lock(&mu_);
+    absl::ReleasableMutexLock lock(&mu_);
+    if (in_run_) {
+      const int k = run_index_++;
+      if (replay_ != nullptr && !diverged_) {
+        const int64_t offset = k < static_cast<int>(replay_->sizes.size()) &&
+                                       replay_->sizes[k] == bytes
+                                   ? replay_->arena.offsets[k]
+                                   : -2;
+        if (offset == -2) {
+          diverged_ = true;  // not the recorded pattern
+        } else if (offset >= 0) {
+          bool bytes_free = true;
+          for (int j : replay_->arena.conflicts[k]) bytes_free &= returned_[j] != kLent;
+          if (bytes_free) {
+            returned_[k] = kLent;
+            ++arena_lent_;
+            ++arena_hits_;
+            char* q = arena_ + offset;
+            const uint64_t generation = generation_;
+            lock.Release();
+            // Built outside the lock: if the control block cannot be allocated, the
+            // deleter runs at once and takes the lock.
+            std::shared_ptr<BufferPool> self = shared_from_this();
+            return std::shared_ptr<void>(
+                q, [self, k, generation](void*) { self->ReleaseArena(k, generation); });
+          }
+          diverged_ = true;  // a buffer on these bytes is still lent: lifetimes differ
+        }
+      } else if (recording_) {
+        recorded = k;
+        recorded_.push_back({bytes, clock_++, -1});
+      }
+    }
     auto it = free_.find(size);
     if (it != free_.end() && !it->second.empty()) {
       p = it->second.back();
@@ -73,6 +107,10 @@ std::shared_ptr<void> BufferPool::Allocate(size_t bytes) {
     p = std::aligned_alloc(64, size);
     if (p == nullptr) throw std::bad_alloc();
   }
+  if (recorded >= 0) {
+    absl::MutexLock lock(&mu_);
+    if (recording_) recorded_live_[p] = recorded;
+  }
   std::shared_ptr<BufferPool> self = shared_from_this();
   return std::shared_ptr<void>(p, [self, size](void* q) { self->Release(q, size); });
 }
@@ -80,6 +118,12 @@ std::shared_ptr<void> BufferPool::Allocate(size_t bytes) {
 void BufferPool::Release(void* p, size_t bytes) {
   {
     absl::MutexLock lock(&mu_);
+    if (recording_) {
+      if (auto it = recorded_live_.find(p); it != recorded_live_.end()) {
+        recorded_[it->second].end = clock_++;
+        recorded_live_.erase(it);
+      }
+    }
     if (cached_ + bytes <= max_cached_) {
       free_[bytes].push_back(p);
       cached_ += bytes;
@@ -102,14 +146,128 @@ void BufferPool::set_max_cached_bytes(size_t bytes) {
 
 void BufferPool::Drain() {
   std::map<size_t, std::vector<void*>> free;
+  void* arena = nullptr;
   {
     absl::MutexLock lock(&mu_);
     free.swap(free_);
     cached_ = 0;
     max_cached_ = 0;
+    draining_ = true;
+    plans_.clear();
+    replay_ = nullptr;
+    recording_ = false;
+    arena = TakeIdleArenaLocked();  // else the last place to come back frees it
   }
   for (auto& [size, buffers] : free)
     for (void* p : buffers) std::free(p);
+  std::free(arena);
+}
+
+void* BufferPool::TakeIdleArenaLocked() {
+  if (arena_lent_ > 0) return nullptr;
+  void* arena = arena_;
+  arena_ = nullptr;
+  arena_size_ = 0;
+  return arena;
+}
+
+void BufferPool::ReleaseArena(int slot, uint64_t generation) {
+  void* arena = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    --arena_lent_;
+    if (in_run_ && generation == generation_ && replay_ != nullptr) returned_[slot] = kBack;
+    if (draining_) arena = TakeIdleArenaLocked();
+  }
+  std::free(arena);
+}
+
+void BufferPool::BeginRun(uint64_t signature) {
+  absl::MutexLock lock(&mu_);
+  in_run_ = true;
+  run_signature_ = signature;
+  ++generation_;
+  run_index_ = 0;
+  diverged_ = false;
+  replay_ = nullptr;
+  recording_ = false;
+  if (draining_) return;
+  if (auto it = plans_.find(signature); it != plans_.end()) {
+    // Only on an idle arena: a place still lent from an earlier run (an output the
+    // caller holds) could share bytes with any place of this one.
+    if (arena_lent_ == 0 && arena_size_ >= it->second->arena.arena_bytes) {
+      replay_ = it->second.get();
+      returned_.assign(replay_->sizes.size(), kUnused);
+    }
+    return;
+  }
+  const auto failures = plan_failures_.find(signature);
+  if (static_cast<int>(plans_.size()) < kMaxPlans &&
+      (failures == plan_failures_.end() || failures->second < kMaxPlanFailures)) {
+    recording_ = true;
+    clock_ = 0;
+    recorded_.clear();
+    recorded_live_.clear();
+  }
+}
+
+void BufferPool::EndRun() {
+  std::vector<void*> to_free;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!in_run_) return;
+    in_run_ = false;
+    if (replay_ != nullptr) {
+      // A place still lent at the end: the recording saw a shorter lifetime. The run was
+      // correct (places are handed out only on free bytes), but its plan is not.
+      bool wrong = diverged_;
+      for (char state : returned_) wrong |= state == kLent;
+      if (wrong) {
+        plans_.erase(run_signature_);
+        ++plan_failures_[run_signature_];
+      }
+      replay_ = nullptr;
+    } else if (recording_) {
+      FinishRecordingLocked(&to_free);
+      recording_ = false;
+      recorded_.clear();
+      recorded_live_.clear();
+    }
+  }
+  for (void* p : to_free) std::free(p);
+}
+
+void BufferPool::FinishRecordingLocked(std::vector<void*>* to_free) {
+  ArenaPlan arena = PlanArena(recorded_);
+  if (arena.arena_bytes == 0) return;  // nothing came back during the run
+  if (arena.arena_bytes > arena_size_) {
+    if (arena_lent_ > 0) return;  // cannot grow now; the next run records again
+    to_free->push_back(arena_);
+    const size_t size = (arena.arena_bytes + 4095) / 4096 * 4096;
+    arena_ = static_cast<char*>(std::aligned_alloc(4096, size));
+    arena_size_ = arena_ == nullptr ? 0 : size;
+    if (arena_ == nullptr) return;
+  }
+  auto plan = std::make_unique<RunPlan>();
+  for (const BufferLifetime& b : recorded_) plan->sizes.push_back(b.bytes);
+  plan->arena = std::move(arena);
+  plans_[run_signature_] = std::move(plan);
+  // Replays take the arena: what the recording left in the cache is not needed (a buffer
+  // that is, such as a run's output, is allocated again once and cached).
+  for (auto& [size, buffers] : free_)
+    for (void* p : buffers) to_free->push_back(p);
+  free_.clear();
+  cached_ = 0;
+}
+
+size_t BufferPool::arena_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return arena_size_;
+}
+
+int64_t BufferPool::arena_hits() const {
+  absl::MutexLock lock(&mu_);
+  return arena_hits_;
 }
 
 size_t BufferPool::cached_bytes() const {

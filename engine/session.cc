@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "engine/batch_split.h"
@@ -80,9 +81,53 @@ struct ExecutionContext::Impl {
   std::vector<std::unique_ptr<KernelState>> states;  // per planned node
 };
 
+namespace {
+
+// QS_ARENA_PLANS=0 turns run plans off (every buffer from the size-class cache): for A/B
+// measurements and as an escape hatch.
+bool ArenaPlansEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("QS_ARENA_PLANS");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return enabled;
+}
+
+// BeginRun/EndRun of a BufferPool for one Session::Run, keyed by its inputs' types and
+// shapes (which decide every allocation of the run).
+class RunPlanScope {
+ public:
+  RunPlanScope(BufferPool* pool, const std::vector<Tensor>& inputs) : pool_(pool) {
+    if (pool_ == nullptr) return;
+    std::vector<int64_t> key;
+    for (const Tensor& t : inputs) {
+      key.push_back(static_cast<int64_t>(t.dtype()));
+      key.push_back(static_cast<int64_t>(t.layout()));
+      key.push_back(t.rank());
+      for (int64_t d : t.shape()) key.push_back(d);
+    }
+    pool_->BeginRun(absl::Hash<std::vector<int64_t>>()(key));
+  }
+  ~RunPlanScope() {
+    if (pool_ != nullptr) pool_->EndRun();
+  }
+  RunPlanScope(const RunPlanScope&) = delete;
+  RunPlanScope& operator=(const RunPlanScope&) = delete;
+
+ private:
+  BufferPool* pool_;
+};
+
+}  // namespace
+
 ExecutionContext::ExecutionContext(std::unique_ptr<Impl> impl)
     : impl_(std::move(impl)) {}
 ExecutionContext::~ExecutionContext() = default;
+
+ExecutionContext::ActivationMemory ExecutionContext::activation_memory() const {
+  const BufferPool& pool = *impl_->pool;
+  return {pool.arena_bytes(), pool.cached_bytes(), pool.arena_hits()};
+}
 
 Session::Session(std::unique_ptr<Plan> plan) : plan_(std::move(plan)) {}
 Session::~Session() = default;
@@ -493,6 +538,11 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
         "expected ", plan.inputs.size(), " inputs, got ", inputs.size()));
   }
   BufferPool::Scope pool_scope(ctx->impl_->pool.get());
+  // Runs of the same input shapes allocate the same way: the pool plans their buffers
+  // in one arena (buffer_pool.h). Not with a tap, whose copies depend on the caller.
+  // Declared before `slots`, so the run's values have come back when it ends.
+  RunPlanScope run_plan(ctx->tap_ || !ArenaPlansEnabled() ? nullptr : ctx->impl_->pool.get(),
+                        inputs);
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < inputs.size(); ++i) {
     const ValueInfo& info = plan.inputs[i];

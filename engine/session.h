@@ -99,6 +99,14 @@ class ExecutionContext {
   void set_profiling(bool on) { profiling_ = on; }
   const std::vector<NodeProfile>& profile() const { return profile_; }
   int64_t peak_activation_bytes() const { return peak_activation_bytes_; }
+  // What the context holds for activations between runs: its run-plan arena and its
+  // cache of free buffers (buffer_pool.h), and how many allocations the arena served.
+  struct ActivationMemory {
+    size_t arena_bytes = 0;
+    size_t cached_bytes = 0;
+    int64_t arena_hits = 0;
+  };
+  ActivationMemory activation_memory() const;
 
  private:
   friend class Session;

@@ -166,14 +166,18 @@ int main(int argc, char** argv) {
     }
   }
   const qs::PlanStats stats = (*session)->stats();
+  const qs::ExecutionContext::ActivationMemory memory = ctx->activation_memory();
   if (absl::GetFlag(FLAGS_json)) {
     std::printf(
         "{\"model\":\"%s\",\"precision\":\"%s\",\"batch\":%lld,\"threads\":%d,"
         "\"iters\":%d,\"median_ms\":%.4f,\"p90_ms\":%.4f,\"throughput\":%.2f,"
-        "\"compile_s\":%.3f,\"weight_bytes\":%lld,\"peak_activation_bytes\":%lld}\n",
+        "\"compile_s\":%.3f,\"weight_bytes\":%lld,\"peak_activation_bytes\":%lld,"
+        "\"activation_arena_bytes\":%zu,\"activation_cached_bytes\":%zu,"
+        "\"arena_hits\":%lld}\n",
         path.c_str(), p.c_str(), static_cast<long long>(batch), omp_get_max_threads(), iters,
         median, p90, throughput, compile_s, static_cast<long long>(stats.weight_bytes),
-        static_cast<long long>(ctx->peak_activation_bytes()));
+        static_cast<long long>(ctx->peak_activation_bytes()), memory.arena_bytes,
+        memory.cached_bytes, static_cast<long long>(memory.arena_hits));
   } else {
     std::printf("model %s  precision %s  batch %lld  threads %d\n", path.c_str(), p.c_str(),
                 static_cast<long long>(batch), omp_get_max_threads());
@@ -183,6 +187,8 @@ int main(int argc, char** argv) {
                 static_cast<long long>(stats.weight_bytes),
                 static_cast<long long>(ctx->peak_activation_bytes()),
                 static_cast<long long>(stats.num_nodes));
+    std::printf("activation memory held: arena %zu bytes  cache %zu bytes\n",
+                memory.arena_bytes, memory.cached_bytes);
     if (absl::GetFlag(FLAGS_report)) {
       for (const auto& n : (*session)->precision_report()) {
         std::printf("  %-40s %-12s %-14s %8.2f dB\n", n.name.c_str(), n.op_type.c_str(),

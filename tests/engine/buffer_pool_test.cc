@@ -1,5 +1,7 @@
 #include "engine/buffer_pool.h"
 
+#include <algorithm>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <thread>
@@ -135,6 +137,125 @@ TEST(BufferPoolTest, ConcurrentAllocateAndRelease) {
   }
   for (auto& th : threads) th.join();
   EXPECT_LE(pool->cached_bytes(), size_t{8} << 20);
+}
+
+
+// The allocations of one run: a chain a -> b -> c, where c may reuse a's bytes.
+struct ChainRun {
+  void* a = nullptr;
+  void* b = nullptr;
+  void* c = nullptr;
+};
+
+ChainRun RunChain(BufferPool* pool, uint64_t signature) {
+  ChainRun r;
+  pool->BeginRun(signature);
+  {
+    std::shared_ptr<void> a = pool->Allocate(1 << 20);
+    std::shared_ptr<void> b = pool->Allocate(1 << 20);
+    r.a = a.get();
+    r.b = b.get();
+    a.reset();
+    std::shared_ptr<void> c = pool->Allocate(1 << 20);
+    r.c = c.get();
+  }
+  pool->EndRun();
+  return r;
+}
+
+TEST(BufferPoolTest, ARecordedRunIsReplayedFromOneArenaOfItsPeak) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  const ChainRun first = RunChain(pool.get(), 1);  // recorded, served by the cache
+  EXPECT_EQ(pool->arena_hits(), 0);
+  EXPECT_EQ(pool->arena_bytes(), size_t{2} << 20);  // two live at a time
+  EXPECT_EQ(pool->cached_bytes(), 0u);  // the recording's buffers were let go
+  const ChainRun second = RunChain(pool.get(), 1);
+  EXPECT_EQ(pool->arena_hits(), 3);
+  EXPECT_EQ(second.c, second.a);  // a had come back: c takes its place
+  EXPECT_NE(second.b, second.a);
+  const ChainRun third = RunChain(pool.get(), 1);
+  EXPECT_EQ(pool->arena_hits(), 6);
+  EXPECT_EQ(third.a, second.a);
+  EXPECT_EQ(third.b, second.b);
+  EXPECT_EQ(pool->cached_bytes(), 0u);
+  (void)first;
+}
+
+TEST(BufferPoolTest, ARunThatHoldsABufferLongerNeverSharesItsBytes) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  RunChain(pool.get(), 1);  // recorded: a dies before c is allocated
+  pool->BeginRun(1);
+  std::shared_ptr<void> a = pool->Allocate(1 << 20);
+  std::shared_ptr<void> b = pool->Allocate(1 << 20);
+  std::memset(a.get(), 0xAB, 1 << 20);
+  // a is still lent, and its place is the one planned for c: c must come from elsewhere.
+  std::shared_ptr<void> c = pool->Allocate(1 << 20);
+  std::memset(c.get(), 0xCD, 1 << 20);
+  const char* ac = static_cast<const char*>(a.get());
+  EXPECT_TRUE(std::all_of(ac, ac + (1 << 20), [](char v) { return v == '\xAB'; }));
+  EXPECT_NE(c.get(), a.get());
+  EXPECT_NE(c.get(), b.get());
+  a.reset();
+  b.reset();
+  c.reset();
+  pool->EndRun();
+  // The plan was wrong for this pattern: the next run records again, then replays.
+  const int64_t hits = pool->arena_hits();
+  RunChain(pool.get(), 1);
+  EXPECT_EQ(pool->arena_hits(), hits);
+  RunChain(pool.get(), 1);
+  EXPECT_EQ(pool->arena_hits(), hits + 3);
+}
+
+TEST(BufferPoolTest, APlaceStillLentWhenARunStartsKeepsThatRunOffTheArena) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  RunChain(pool.get(), 1);
+  pool->BeginRun(1);
+  std::shared_ptr<void> kept = pool->Allocate(1 << 20);  // a, kept past the run
+  {
+    std::shared_ptr<void> b = pool->Allocate(1 << 20);
+  }
+  pool->EndRun();
+  std::memset(kept.get(), 0x5A, 1 << 20);
+  const int64_t hits = pool->arena_hits();
+  const ChainRun next = RunChain(pool.get(), 1);  // served by the cache
+  EXPECT_EQ(pool->arena_hits(), hits);
+  for (void* p : {next.a, next.b, next.c}) EXPECT_NE(p, kept.get());
+  const char* k = static_cast<const char*>(kept.get());
+  EXPECT_TRUE(std::all_of(k, k + (1 << 20), [](char v) { return v == 0x5A; }));
+}
+
+TEST(BufferPoolTest, SignaturesHaveTheirOwnPlansInOneArena) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  RunChain(pool.get(), 1);  // 2 MiB arena
+  pool->BeginRun(2);        // a bigger pattern: three 1 MiB buffers live together
+  {
+    std::shared_ptr<void> x = pool->Allocate(1 << 20);
+    std::shared_ptr<void> y = pool->Allocate(1 << 20);
+    std::shared_ptr<void> z = pool->Allocate(1 << 20);
+  }
+  pool->EndRun();
+  EXPECT_EQ(pool->arena_bytes(), size_t{3} << 20);  // grown to the larger plan
+  const int64_t hits = pool->arena_hits();
+  RunChain(pool.get(), 1);  // the small plan replays in the grown arena
+  EXPECT_EQ(pool->arena_hits(), hits + 3);
+}
+
+TEST(BufferPoolTest, AllocationsOutsideARunAndAfterDrainUseTheCache) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  RunChain(pool.get(), 1);
+  pool->BeginRun(1);
+  std::shared_ptr<void> lent = pool->Allocate(1 << 20);  // an arena place
+  pool->Drain();  // the arena goes when its last place comes back
+  EXPECT_EQ(pool->arena_bytes(), size_t{2} << 20);
+  lent.reset();
+  EXPECT_EQ(pool->arena_bytes(), 0u);
+  pool->EndRun();
+  const int64_t hits = pool->arena_hits();
+  RunChain(pool.get(), 1);
+  RunChain(pool.get(), 1);
+  EXPECT_EQ(pool->arena_hits(), hits);  // no plans after a drain
+  EXPECT_EQ(pool->arena_bytes(), 0u);
 }
 
 }  // namespace
