@@ -71,8 +71,14 @@ std::shared_ptr<void> BufferPool::Allocate(size_t bytes) {
           diverged_ = true;  // a buffer on these bytes is still lent: lifetimes differ
         }
       } else if (recording_) {
-        recorded = k;
-        recorded_.push_back({bytes, clock_++, -1});
+        // recorded_[k] is the k-th allocation of the run: recording starts at the run's
+        // first allocation and takes every one after it, or stops.
+        try {
+          recorded_.push_back({bytes, clock_++, -1});
+          recorded = k;
+        } catch (const std::bad_alloc&) {
+          recording_ = false;  // this run goes unplanned
+        }
       }
     }
     auto it = free_.find(size);
@@ -109,7 +115,11 @@ std::shared_ptr<void> BufferPool::Allocate(size_t bytes) {
   }
   if (recorded >= 0) {
     absl::MutexLock lock(&mu_);
-    if (recording_) recorded_live_[p] = recorded;
+    try {
+      if (recording_) recorded_live_[p] = recorded;
+    } catch (const std::bad_alloc&) {
+      recording_ = false;  // its lifetime would be unknown: this run goes unplanned
+    }
   }
   std::shared_ptr<BufferPool> self = shared_from_this();
   return std::shared_ptr<void>(p, [self, size](void* q) { self->Release(q, size); });
@@ -176,13 +186,14 @@ void BufferPool::ReleaseArena(int slot, uint64_t generation) {
   {
     absl::MutexLock lock(&mu_);
     --arena_lent_;
+    // Places of earlier runs cannot be out during a replay (BeginRun): only this run's.
     if (in_run_ && generation == generation_ && replay_ != nullptr) returned_[slot] = kBack;
     if (draining_) arena = TakeIdleArenaLocked();
   }
   std::free(arena);
 }
 
-void BufferPool::BeginRun(uint64_t signature) {
+void BufferPool::BeginRun(uint64_t signature) noexcept {
   absl::MutexLock lock(&mu_);
   in_run_ = true;
   run_signature_ = signature;
@@ -192,71 +203,91 @@ void BufferPool::BeginRun(uint64_t signature) {
   replay_ = nullptr;
   recording_ = false;
   if (draining_) return;
-  if (auto it = plans_.find(signature); it != plans_.end()) {
-    // Only on an idle arena: a place still lent from an earlier run (an output the
-    // caller holds) could share bytes with any place of this one.
-    if (arena_lent_ == 0 && arena_size_ >= it->second->arena.arena_bytes) {
-      replay_ = it->second.get();
-      returned_.assign(replay_->sizes.size(), kUnused);
+  try {
+    if (auto it = plans_.find(signature); it != plans_.end()) {
+      // Only on an idle arena: a place still lent from an earlier run (an output the
+      // caller holds) could share bytes with any place of this one.
+      if (arena_lent_ == 0 && arena_size_ >= it->second->arena.arena_bytes) {
+        returned_.assign(it->second->sizes.size(), kUnused);
+        replay_ = it->second.get();
+      }
+      return;
     }
-    return;
-  }
-  const auto failures = plan_failures_.find(signature);
-  if (static_cast<int>(plans_.size()) < kMaxPlans &&
-      (failures == plan_failures_.end() || failures->second < kMaxPlanFailures)) {
-    recording_ = true;
-    clock_ = 0;
-    recorded_.clear();
-    recorded_live_.clear();
+    const auto failures = plan_failures_.find(signature);
+    if (static_cast<int>(plans_.size()) < kMaxPlans &&
+        (failures == plan_failures_.end() || failures->second < kMaxPlanFailures)) {
+      recorded_.clear();
+      recorded_live_.clear();
+      clock_ = 0;
+      recording_ = true;
+    }
+  } catch (const std::bad_alloc&) {
+    replay_ = nullptr;  // out of memory for the bookkeeping: run from the cache
+    recording_ = false;
   }
 }
 
-void BufferPool::EndRun() {
-  std::vector<void*> to_free;
+void BufferPool::EndRun(bool succeeded) noexcept {
+  std::map<size_t, std::vector<void*>> old_cache;
+  void* old_arena = nullptr;
   {
     absl::MutexLock lock(&mu_);
     if (!in_run_) return;
     in_run_ = false;
-    if (replay_ != nullptr) {
-      // A place still lent at the end: the recording saw a shorter lifetime. The run was
-      // correct (places are handed out only on free bytes), but its plan is not.
-      bool wrong = diverged_;
-      for (char state : returned_) wrong |= state == kLent;
-      if (wrong) {
-        plans_.erase(run_signature_);
-        ++plan_failures_[run_signature_];
+    try {
+      if (replay_ != nullptr) {
+        // A place still lent at the end: the recording saw a shorter lifetime. The run
+        // was correct (places are handed out only on free bytes), but its plan is not.
+        bool wrong = diverged_;
+        for (char state : returned_) wrong |= state == kLent;
+        if (wrong) {
+          plans_.erase(run_signature_);
+          ++plan_failures_[run_signature_];
+        }
+      } else if (recording_ && succeeded) {
+        // A failed run may have stopped anywhere: its recording is not the pattern.
+        FinishRecordingLocked(&old_arena, &old_cache);
       }
-      replay_ = nullptr;
-    } else if (recording_) {
-      FinishRecordingLocked(&to_free);
-      recording_ = false;
-      recorded_.clear();
-      recorded_live_.clear();
+    } catch (const std::bad_alloc&) {
+      // Out of memory for the bookkeeping: the run simply leaves no plan.
     }
+    replay_ = nullptr;
+    recording_ = false;
+    recorded_.clear();
+    recorded_live_.clear();
   }
-  for (void* p : to_free) std::free(p);
+  for (auto& [size, buffers] : old_cache)
+    for (void* p : buffers) std::free(p);
+  std::free(old_arena);
 }
 
-void BufferPool::FinishRecordingLocked(std::vector<void*>* to_free) {
+void BufferPool::FinishRecordingLocked(void** old_arena,
+                                       std::map<size_t, std::vector<void*>>* old_cache) {
+  // Everything that can throw comes before the arena and the cache change.
   ArenaPlan arena = PlanArena(recorded_);
   if (arena.arena_bytes == 0) return;  // nothing came back during the run
-  if (arena.arena_bytes > arena_size_) {
-    if (arena_lent_ > 0) return;  // cannot grow now; the next run records again
-    to_free->push_back(arena_);
-    const size_t size = (arena.arena_bytes + 4095) / 4096 * 4096;
-    arena_ = static_cast<char*>(std::aligned_alloc(4096, size));
-    arena_size_ = arena_ == nullptr ? 0 : size;
-    if (arena_ == nullptr) return;
-  }
   auto plan = std::make_unique<RunPlan>();
   for (const BufferLifetime& b : recorded_) plan->sizes.push_back(b.bytes);
   plan->arena = std::move(arena);
-  plans_[run_signature_] = std::move(plan);
+  const size_t needed = plan->arena.arena_bytes;
+  auto [slot, inserted] = plans_.try_emplace(run_signature_);
+  if (needed > arena_size_) {
+    // Cannot grow while places are lent; a failed allocation keeps the old arena (and
+    // the plans it serves). Either way the next run of this signature records again.
+    const size_t size = (needed + 4095) / 4096 * 4096;
+    char* grown = arena_lent_ > 0 ? nullptr : static_cast<char*>(std::aligned_alloc(4096, size));
+    if (grown == nullptr) {
+      plans_.erase(slot);
+      return;
+    }
+    *old_arena = arena_;
+    arena_ = grown;
+    arena_size_ = size;
+  }
+  slot->second = std::move(plan);
   // Replays take the arena: what the recording left in the cache is not needed (a buffer
   // that is, such as a run's output, is allocated again once and cached).
-  for (auto& [size, buffers] : free_)
-    for (void* p : buffers) to_free->push_back(p);
-  free_.clear();
+  old_cache->swap(free_);
   cached_ = 0;
 }
 

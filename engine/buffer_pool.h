@@ -35,11 +35,10 @@
 #include <memory>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "engine/arena_plan.h"
-
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/arena_plan.h"
 
 namespace qs {
 
@@ -68,9 +67,13 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
 
   // Brackets one run on the calling thread (see the file comment). `signature` must
   // identify the allocation pattern: the shapes and types of the run's inputs. Runs do
-  // not nest; allocations between the calls come from this thread only.
-  void BeginRun(uint64_t signature);
-  void EndRun();
+  // not nest; allocations between the calls come from this thread only. A run that
+  // failed (`succeeded` false) leaves no plan. Never throw: without memory for the
+  // bookkeeping a run goes unplanned.
+  // The arena keeps the size of the largest plan for the pool's lifetime (the largest
+  // batch a model's context has run); plans are kept for up to kMaxPlans signatures.
+  void BeginRun(uint64_t signature) noexcept;
+  void EndRun(bool succeeded) noexcept;
   size_t arena_bytes() const;
   // Allocations of the runs so far served from the arena (for tests and benchmarks).
   int64_t arena_hits() const;
@@ -98,7 +101,10 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   void ReleaseArena(int slot, uint64_t generation);
   // Frees the arena when nothing of it is lent (returns it to free outside the lock).
   void* TakeIdleArenaLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FinishRecordingLocked(std::vector<void*>* to_free) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes the recorded run a plan; hands back what the caller frees after unlocking: a
+  // replaced arena and the cache. May throw std::bad_alloc before changing anything.
+  void FinishRecordingLocked(void** old_arena, std::map<size_t, std::vector<void*>>* old_cache)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Per place of the plan being replayed.
   enum PlaceState : char { kUnused = 0, kLent = 1, kBack = 2 };

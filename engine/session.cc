@@ -109,13 +109,16 @@ class RunPlanScope {
     pool_->BeginRun(absl::Hash<std::vector<int64_t>>()(key));
   }
   ~RunPlanScope() {
-    if (pool_ != nullptr) pool_->EndRun();
+    if (pool_ != nullptr) pool_->EndRun(succeeded_);
   }
+  // The run completed: its recording, if any, may become a plan.
+  void Succeeded() { succeeded_ = true; }
   RunPlanScope(const RunPlanScope&) = delete;
   RunPlanScope& operator=(const RunPlanScope&) = delete;
 
  private:
   BufferPool* pool_;
+  bool succeeded_ = false;
 };
 
 }  // namespace
@@ -623,6 +626,7 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
     outputs->push_back(ToPlain(t));
   }
   ctx->impl_->AdaptPoolCap(ctx->peak_activation_bytes_);
+  run_plan.Succeeded();
   return absl::OkStatus();
 }
 

@@ -147,20 +147,29 @@ struct ChainRun {
   void* c = nullptr;
 };
 
-ChainRun RunChain(BufferPool* pool, uint64_t signature) {
+// Each buffer is filled, as a kernel would, so that a buffer sharing its bytes shows.
+ChainRun RunChain(BufferPool* pool, uint64_t signature, bool succeeded = true) {
   ChainRun r;
   pool->BeginRun(signature);
   {
     std::shared_ptr<void> a = pool->Allocate(1 << 20);
+    std::memset(a.get(), 1, 1 << 20);
     std::shared_ptr<void> b = pool->Allocate(1 << 20);
+    std::memset(b.get(), 2, 1 << 20);
     r.a = a.get();
     r.b = b.get();
     a.reset();
     std::shared_ptr<void> c = pool->Allocate(1 << 20);
+    std::memset(c.get(), 3, 1 << 20);
     r.c = c.get();
   }
-  pool->EndRun();
+  pool->EndRun(succeeded);
   return r;
+}
+
+bool Holds(const std::shared_ptr<void>& p, size_t bytes, char value) {
+  const char* b = static_cast<const char*>(p.get());
+  return std::all_of(b, b + bytes, [value](char v) { return v == value; });
 }
 
 TEST(BufferPoolTest, ARecordedRunIsReplayedFromOneArenaOfItsPeak) {
@@ -198,7 +207,7 @@ TEST(BufferPoolTest, ARunThatHoldsABufferLongerNeverSharesItsBytes) {
   a.reset();
   b.reset();
   c.reset();
-  pool->EndRun();
+  pool->EndRun(true);
   // The plan was wrong for this pattern: the next run records again, then replays.
   const int64_t hits = pool->arena_hits();
   RunChain(pool.get(), 1);
@@ -215,7 +224,7 @@ TEST(BufferPoolTest, APlaceStillLentWhenARunStartsKeepsThatRunOffTheArena) {
   {
     std::shared_ptr<void> b = pool->Allocate(1 << 20);
   }
-  pool->EndRun();
+  pool->EndRun(true);
   std::memset(kept.get(), 0x5A, 1 << 20);
   const int64_t hits = pool->arena_hits();
   const ChainRun next = RunChain(pool.get(), 1);  // served by the cache
@@ -223,6 +232,72 @@ TEST(BufferPoolTest, APlaceStillLentWhenARunStartsKeepsThatRunOffTheArena) {
   for (void* p : {next.a, next.b, next.c}) EXPECT_NE(p, kept.get());
   const char* k = static_cast<const char*>(kept.get());
   EXPECT_TRUE(std::all_of(k, k + (1 << 20), [](char v) { return v == 0x5A; }));
+}
+
+TEST(BufferPoolTest, APlaceHeldPastItsRunKeepsOtherSignaturesOffTheArena) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  RunChain(pool.get(), 1);  // plan 1: a and c on the same bytes
+  RunChain(pool.get(), 1);  // replayed
+  const int64_t hits = pool->arena_hits();
+  // Signature 2 has the same pattern but keeps its first buffer past the run.
+  RunChain(pool.get(), 2);  // recorded
+  pool->BeginRun(2);
+  std::shared_ptr<void> kept = pool->Allocate(1 << 20);  // replayed: an arena place
+  EXPECT_EQ(pool->arena_hits(), hits + 1);
+  {
+    std::shared_ptr<void> b = pool->Allocate(1 << 20);
+  }
+  pool->EndRun(true);
+  EXPECT_EQ(pool->arena_hits(), hits + 2);
+  std::memset(kept.get(), 0x5A, 1 << 20);
+  // Plan 1 is intact, but a run of it now could place a buffer on `kept`'s bytes.
+  RunChain(pool.get(), 1);
+  EXPECT_EQ(pool->arena_hits(), hits + 2);
+  EXPECT_TRUE(Holds(kept, 1 << 20, 0x5A));
+  kept.reset();
+  RunChain(pool.get(), 1);  // the arena is idle again
+  EXPECT_EQ(pool->arena_hits(), hits + 5);
+}
+
+TEST(BufferPoolTest, AFailedRunLeavesNoPlan) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  RunChain(pool.get(), 1, /*succeeded=*/false);
+  EXPECT_EQ(pool->arena_bytes(), 0u);
+  RunChain(pool.get(), 1);  // recorded now
+  RunChain(pool.get(), 1);
+  EXPECT_EQ(pool->arena_hits(), 3);
+}
+
+TEST(BufferPoolTest, ASignatureThatKeepsDivergingStopsBeingRecorded) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  for (int i = 0; i < BufferPool::kMaxPlanFailures; ++i) {
+    RunChain(pool.get(), 1);  // recorded
+    pool->BeginRun(1);        // then a run of another pattern: the plan is dropped
+    pool->Allocate(2 << 20).reset();
+    pool->EndRun(true);
+  }
+  const int64_t hits = pool->arena_hits();
+  RunChain(pool.get(), 1);
+  RunChain(pool.get(), 1);
+  EXPECT_EQ(pool->arena_hits(), hits);
+}
+
+TEST(BufferPoolTest, PlacesComeBackFromOtherThreads) {
+  auto pool = BufferPool::Create(size_t{64} << 20);
+  RunChain(pool.get(), 1);
+  for (int round = 0; round < 20; ++round) {
+    pool->BeginRun(1);
+    std::shared_ptr<void> a = pool->Allocate(1 << 20);
+    std::shared_ptr<void> b = pool->Allocate(1 << 20);
+    std::thread t([moved = std::move(a)]() mutable { moved.reset(); });
+    t.join();  // a came back on another thread: c may take its place
+    std::shared_ptr<void> c = pool->Allocate(1 << 20);
+    EXPECT_NE(c.get(), b.get());
+    b.reset();
+    c.reset();
+    pool->EndRun(true);
+  }
+  EXPECT_EQ(pool->arena_hits(), 60);
 }
 
 TEST(BufferPoolTest, SignaturesHaveTheirOwnPlansInOneArena) {
@@ -234,7 +309,7 @@ TEST(BufferPoolTest, SignaturesHaveTheirOwnPlansInOneArena) {
     std::shared_ptr<void> y = pool->Allocate(1 << 20);
     std::shared_ptr<void> z = pool->Allocate(1 << 20);
   }
-  pool->EndRun();
+  pool->EndRun(true);
   EXPECT_EQ(pool->arena_bytes(), size_t{3} << 20);  // grown to the larger plan
   const int64_t hits = pool->arena_hits();
   RunChain(pool.get(), 1);  // the small plan replays in the grown arena
@@ -250,7 +325,7 @@ TEST(BufferPoolTest, AllocationsOutsideARunAndAfterDrainUseTheCache) {
   EXPECT_EQ(pool->arena_bytes(), size_t{2} << 20);
   lent.reset();
   EXPECT_EQ(pool->arena_bytes(), 0u);
-  pool->EndRun();
+  pool->EndRun(true);
   const int64_t hits = pool->arena_hits();
   RunChain(pool.get(), 1);
   RunChain(pool.get(), 1);
