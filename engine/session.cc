@@ -83,13 +83,16 @@ struct ExecutionContext::Impl {
 
 namespace {
 
-// QS_ARENA_PLANS=0 turns run plans off (every buffer from the size-class cache): for A/B
-// measurements and as an escape hatch.
+// An engine switch from the environment: on unless set to "0" (for A/B measurements and
+// as an escape hatch). Callers cache the answer.
+bool EnvSwitchOn(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr || std::string(v) != "0";
+}
+
+// QS_ARENA_PLANS=0 turns run plans off (every buffer from the size-class cache).
 bool ArenaPlansEnabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("QS_ARENA_PLANS");
-    return v == nullptr || std::string(v) != "0";
-  }();
+  static const bool enabled = EnvSwitchOn("QS_ARENA_PLANS");
   return enabled;
 }
 
@@ -397,10 +400,7 @@ constexpr int64_t kMinSplitBatch = 4;
 
 // QS_BATCH_SPLIT=0 runs every node on the whole batch (for A/B measurements).
 bool BatchSplitEnabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("QS_BATCH_SPLIT");
-    return v == nullptr || std::string(v) != "0";
-  }();
+  static const bool enabled = EnvSwitchOn("QS_BATCH_SPLIT");
   return enabled;
 }
 
