@@ -31,12 +31,14 @@ absl::StatusOr<std::vector<NodeRange>> CalibrateRanges(
     const Session& fp32, const std::vector<std::vector<Tensor>>& data,
     const CompileOptions& options, const Graph& graph);
 
-// Runs `inputs` through both plans (built from the same graph, so node i matches node
-// i) and reports each node's precision and the SQNR of its output against FP32.
+// Runs `batch` through both plans (built from the same graph, so node i matches node
+// i) and reports each node's precision and the SQNR of its output against FP32. Only
+// the batch's first two samples are run when the model's inputs have a free leading
+// dimension: the FP32 output of every node is held until the comparison.
 absl::StatusOr<std::vector<NodePrecision>> PrecisionReport(const Session& fp32,
                                                            const Session& reduced,
                                                            const Graph& graph,
-                                                           const std::vector<Tensor>& inputs);
+                                                           const std::vector<Tensor>& batch);
 
 }  // namespace qs
 

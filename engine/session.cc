@@ -153,14 +153,48 @@ const char* PrecisionName(Precision p) {
   return "FP32";
 }
 
+void ReleaseUnusedPrimitives() {
+  try {
+    const int capacity = dnnl::get_primitive_cache_capacity();
+    dnnl::set_primitive_cache_capacity(0);
+    dnnl::set_primitive_cache_capacity(capacity);
+  } catch (const dnnl::error& e) {
+    QS_LOG(WARNING) << "cannot empty oneDNN's primitive cache: " << e.what();
+  }
+}
+
 const std::vector<NodePrecision>& Session::precision_report() const {
   return plan_->report;
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Compile(
     const onnx::ModelProto& model, const CompileOptions& options) {
+  absl::StatusOr<Graph> graph;
   try {
-    QS_ASSIGN_OR_RETURN(Graph graph, ImportGraph(model));
+    graph = ImportGraph(model);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory while importing the model");
+  }
+  if (!graph.ok()) return graph.status();
+  return CompileGraph(*std::move(graph), options);
+}
+
+absl::StatusOr<std::unique_ptr<Session>> Session::Compile(onnx::ModelProto&& model,
+                                                          const CompileOptions& options) {
+  absl::StatusOr<Graph> graph;
+  try {
+    onnx::ModelProto owned = std::move(model);
+    graph = ImportGraph(owned);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory while importing the model");
+  }
+  if (!graph.ok()) return graph.status();
+  return CompileGraph(*std::move(graph), options);
+}
+
+absl::StatusOr<std::unique_ptr<Session>> Session::CompileGraph(Graph graph,
+                                                               const CompileOptions& options) {
+  try {
     const int64_t graph_nodes = static_cast<int64_t>(graph.nodes.size());
     int64_t fp32_weight_bytes = 0;
     for (const auto& [name, t] : graph.initializers) {

@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
     options.calibration_method = m == "entropy" ? 2 : m == "percentile" ? 1 : 0;
     options.calibration_percentile = absl::GetFlag(FLAGS_calibration_percentile);
   }
-  auto session = qs::Session::Compile(*proto, options);
+  auto session = qs::Session::Compile(*std::move(proto), options);
   if (!session.ok()) return Fail(session.status());
   const double compile_s = absl::ToDoubleSeconds(absl::Now() - load_start);
 

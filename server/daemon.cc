@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "engine/log.h"
+#include "engine/session.h"
 #include "grpcpp/grpcpp.h"
 #include "model_config.pb.h"
 #include "prometheus/exposer.h"
@@ -173,7 +174,9 @@ absl::Status Daemon::Start() {
         if (!warmup.ok()) return warmup.status();
         so.warmup = *std::move(warmup);
         auto started = ModelScheduler::Start(model, &model->session(), model->config(), so);
-        // Warmup ran every batch bucket once; hand the freed activations back to the OS.
+        // Warmup ran every batch bucket once: drop the kernels only calibration and
+        // timing used, and hand the freed memory back to the OS.
+        ReleaseUnusedPrimitives();
         malloc_trim(0);
         return started;
       });

@@ -505,7 +505,7 @@ absl::Status DriftMonitor::RunReference(const std::vector<Tensor>& inputs,
     CompileOptions co;
     co.precision = Precision::kFP32;
     co.max_batch_size = options_.config.max_batch_size();
-    auto session = Session::Compile(*proto, co);
+    auto session = Session::Compile(*std::move(proto), co);
     if (!session.ok()) return fail(session.status());
     reference_ = *std::move(session);
     reference_ctx_ = reference_->NewContext();  // on this thread, which runs it

@@ -250,7 +250,8 @@ absl::StatusOr<std::shared_ptr<LoadedModel>> LoadedModel::Load(ModelLoadRequest 
     QS_LOG(INFO) << "loading " << label << " at " << PrecisionName(options.precision);
   }
   const absl::Time compile_start = absl::Now();
-  auto session = Session::Compile(*proto, options);
+  // The proto is not needed after the import: Compile frees it before calibrating.
+  auto session = Session::Compile(*std::move(proto), options);
   if (!session.ok()) {
     return fail(absl::Status(session.status().code(),
                              absl::StrCat(path, ": ", session.status().message())));
