@@ -1,7 +1,9 @@
 // quantserve: flags -> Daemon -> serve until SIGINT/SIGTERM -> drain -> exit.
+#include <malloc.h>
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -16,6 +18,15 @@
 int main(int argc, char** argv) {
   // --probe=HOST:PORT: one health Check against a running daemon, then exit (HEALTHCHECK).
   if (int rc = qs::RunProbeIfRequested(argc, argv); rc >= 0) return rc;
+  // glibc raises its mmap threshold (up to 32 MiB) whenever a large block is freed; from
+  // then on tensors, weights and request buffers of up to 32 MiB come from the heap,
+  // whose freed pages stay resident. Serving ResNet-18 at concurrency 16 held 610-700 MB
+  // that way, 266-300 MB with a fixed 1 MiB threshold (docs/performance.md, session 6).
+  // Fixed, blocks of 1 MiB and more get their own mappings and go back to the OS when
+  // freed. The environment (MALLOC_MMAP_THRESHOLD_ or GLIBC_TUNABLES) still decides.
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr && std::getenv("GLIBC_TUNABLES") == nullptr) {
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  }
   // Debian's Abseil is built without NDEBUG: its mutex deadlock detection would cost
   // every lock in gRPC ~14% of server CPU (see docs/architecture.md).
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);

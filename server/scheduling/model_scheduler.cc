@@ -82,6 +82,9 @@ absl::StatusOr<std::shared_ptr<ModelScheduler>> ModelScheduler::Start(
     }).detach();
   }
   warmed.Wait();
+  // Every worker is past its warmup loop: the input sets (a max-batch image tensor is
+  // MBs) have no further use, so they do not stay resident for the model's life.
+  std::vector<std::vector<Tensor>>().swap(s->options_.warmup);
   absl::Status st;
   {
     absl::MutexLock lock(&s->mu_);
@@ -271,6 +274,7 @@ void ModelScheduler::WorkerLoop(int threads, absl::BlockingCounter* warmed) {
     }
   }
   warmed->DecrementCount();  // `warmed` must not be touched after this line
+  std::vector<Tensor> staging;  // Concat's buffers, one per input
   while (true) {
     auto batch = NextBatch();
     if (batch.empty()) {
@@ -278,32 +282,41 @@ void ModelScheduler::WorkerLoop(int threads, absl::BlockingCounter* warmed) {
       if (retired_ && queue_.empty()) break;
       continue;
     }
-    Execute(ctx.get(), std::move(batch));
+    Execute(ctx.get(), std::move(batch), &staging);
   }
 }
 
 namespace {
 
-// Concatenates the i-th input of every request along dimension 0.
+// Concatenates the i-th input of every request along dimension 0, into `*staging`: the
+// worker reuses one buffer per input from batch to batch (a fresh multi-MB block per
+// batch is mapped and page-faulted anew every time), unless something still holds the
+// last batch's inputs (an observer's sample), and grows it to the largest batch seen.
 Tensor Concat(const std::vector<std::unique_ptr<InferenceRequest>>& batch, size_t i,
-              int64_t total) {
+              int64_t total, Tensor* staging) {
   const Tensor& first = batch[0]->inputs[i];
   Shape shape = first.shape();
   shape[0] = total;
-  Tensor out = Tensor::Uninitialized(first.dtype(), shape);
-  char* dst = static_cast<char*>(out.raw_data());
+  size_t bytes = 0;
+  for (const auto& r : batch) bytes += r->inputs[i].byte_size();
+  if (!staging->defined() || !staging->unique() || staging->byte_size() < bytes) {
+    *staging = Tensor::Uninitialized(DataType::kUInt8, {static_cast<int64_t>(bytes)});
+  }
+  char* dst = static_cast<char*>(staging->raw_data());
   for (const auto& r : batch) {
     const Tensor& t = r->inputs[i];
     std::memcpy(dst, t.raw_data(), t.byte_size());
     dst += t.byte_size();
   }
-  return out;
+  auto owner = std::make_shared<Tensor>(*staging);
+  return Tensor::Wrap(first.dtype(), shape, owner->raw_data(), owner);
 }
 
 }  // namespace
 
 void ModelScheduler::Execute(ExecutionContext* ctx,
-                             std::vector<std::unique_ptr<InferenceRequest>> batch) {
+                             std::vector<std::unique_ptr<InferenceRequest>> batch,
+                             std::vector<Tensor>* staging) {
   const absl::Time start = absl::Now();
   int64_t total = 0;
   for (const auto& r : batch) total += r->batch_size;
@@ -311,8 +324,9 @@ void ModelScheduler::Execute(ExecutionContext* ctx,
   if (batch.size() == 1) {
     inputs = batch[0]->inputs;
   } else {
+    staging->resize(std::max(staging->size(), batch[0]->inputs.size()));
     for (size_t i = 0; i < batch[0]->inputs.size(); ++i)
-      inputs.push_back(Concat(batch, i, total));
+      inputs.push_back(Concat(batch, i, total, &(*staging)[i]));
   }
   InferenceObserver* observer = options_.observer.get();
   if (observer) observer->OnInFlight(static_cast<int64_t>(batch.size()));

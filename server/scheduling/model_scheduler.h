@@ -47,7 +47,7 @@ struct SchedulerOptions {
   WorkerTracker* tracker = nullptr;  // optional, must outlive the workers
   std::shared_ptr<InferenceObserver> observer;  // optional (metrics)
   // Input sets every worker runs on its own context before Start returns (see
-  // server/repository/warmup.h).
+  // server/repository/warmup.h). The scheduler drops its copy once they have run.
   std::vector<std::vector<Tensor>> warmup;
   // Polled between warmup runs: true stops the warmup (Start then fails Unavailable),
   // so a SIGTERM during a long warmup does not wait for it.
@@ -85,7 +85,9 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
   void WorkerLoop(int threads, absl::BlockingCounter* warmed);
   // Takes the next batch off the queue; empty when retired and drained.
   std::vector<std::unique_ptr<InferenceRequest>> NextBatch() ABSL_LOCKS_EXCLUDED(mu_);
-  void Execute(ExecutionContext* ctx, std::vector<std::unique_ptr<InferenceRequest>> batch);
+  // `staging`: the worker's buffers for batched inputs (see Concat).
+  void Execute(ExecutionContext* ctx, std::vector<std::unique_ptr<InferenceRequest>> batch,
+               std::vector<Tensor>* staging);
   bool Compatible(const InferenceRequest& a, const InferenceRequest& b) const;
 
   std::shared_ptr<const void> owner_;

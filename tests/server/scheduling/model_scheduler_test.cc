@@ -124,5 +124,23 @@ TEST_F(SchedulerTest, WithoutLevelsTheQueueIsFifo) {
   EXPECT_EQ(order_, (std::vector<int>{1, 2, 3}));
 }
 
+TEST_F(SchedulerTest, WarmupInputsAreReleasedOnceTheWorkersHaveRunThem) {
+  inference::ModelConfig config;
+  config.set_max_batch_size(8);
+  WorkerTracker tracker;
+  SchedulerOptions options;
+  options.tracker = &tracker;
+  options.instance_count = 2;
+  Tensor probe(DataType::kFloat32, {8, 4});
+  options.warmup = {{probe}};
+  auto sched = ModelScheduler::Start(session_, session_.get(), config, options);
+  ASSERT_TRUE(sched.ok()) << sched.status();
+  options.warmup.clear();
+  // Only `probe` is left holding the buffer: the scheduler kept no copy of the set.
+  EXPECT_TRUE(probe.unique());
+  (*sched)->Retire();
+  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+}
+
 }  // namespace
 }  // namespace qs
