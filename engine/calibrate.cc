@@ -1,6 +1,5 @@
 #include "engine/calibrate.h"
 
-#include <cstring>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -110,20 +109,12 @@ std::vector<Tensor> LeadingSamples(const Session& session, const std::vector<Ten
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& t = inputs[i];
     if (!infos[i].has_shape || infos[i].shape.empty() || infos[i].shape[0] >= 0 ||
-        t.rank() == 0 || t.dim(0) <= count || t.dim(0) != inputs[0].dim(0) ||
-        t.layout() != Layout::kPlain) {
+        t.rank() == 0 || t.dim(0) <= count || t.dim(0) != inputs[0].dim(0)) {
       return inputs;
     }
   }
   std::vector<Tensor> out;
-  for (const Tensor& t : inputs) {
-    Shape shape = t.shape();
-    const size_t row_bytes = t.byte_size() / static_cast<size_t>(shape[0]);
-    shape[0] = count;
-    Tensor rows = Tensor::Uninitialized(t.dtype(), shape);
-    std::memcpy(rows.raw_data(), t.raw_data(), static_cast<size_t>(count) * row_bytes);
-    out.push_back(std::move(rows));
-  }
+  for (const Tensor& t : inputs) out.push_back(t.Rows(0, count));
   return out;
 }
 

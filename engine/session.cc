@@ -167,27 +167,29 @@ const std::vector<NodePrecision>& Session::precision_report() const {
   return plan_->report;
 }
 
-absl::StatusOr<std::unique_ptr<Session>> Session::Compile(
-    const onnx::ModelProto& model, const CompileOptions& options) {
-  absl::StatusOr<Graph> graph;
+namespace {
+
+// ImportGraph with an allocation failure turned into a status.
+absl::StatusOr<Graph> ImportGraphOrOom(const onnx::ModelProto& model) {
   try {
-    graph = ImportGraph(model);
+    return ImportGraph(model);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError("out of memory while importing the model");
   }
-  if (!graph.ok()) return graph.status();
-  return CompileGraph(*std::move(graph), options);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Session>> Session::Compile(
+    const onnx::ModelProto& model, const CompileOptions& options) {
+  QS_ASSIGN_OR_RETURN(Graph graph, ImportGraphOrOom(model));
+  return CompileGraph(std::move(graph), options);
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Session::Compile(onnx::ModelProto&& model,
                                                           const CompileOptions& options) {
-  absl::StatusOr<Graph> graph;
-  try {
-    onnx::ModelProto owned = std::move(model);
-    graph = ImportGraph(owned);
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError("out of memory while importing the model");
-  }
+  absl::StatusOr<Graph> graph = ImportGraphOrOom(model);
+  model = onnx::ModelProto();  // frees the proto's tensors before compiling
   if (!graph.ok()) return graph.status();
   return CompileGraph(*std::move(graph), options);
 }
@@ -438,19 +440,6 @@ bool BatchSplitEnabled() {
   return enabled;
 }
 
-// Rows [begin, begin + n) of `t` along dimension 0, as a new tensor of the same layout
-// (both layouts keep a sample's bytes contiguous).
-Tensor BatchRows(const Tensor& t, int64_t begin, int64_t n) {
-  Shape shape = t.shape();
-  const size_t row_bytes = t.byte_size() / static_cast<size_t>(shape[0]);
-  shape[0] = n;
-  Tensor rows = Tensor::Uninitialized(t.dtype(), shape);
-  rows.set_layout(t.layout());
-  std::memcpy(rows.raw_data(), static_cast<const char*>(t.raw_data()) + begin * row_bytes,
-              n * row_bytes);
-  return rows;
-}
-
 // `parts` stacked along dimension 0 (equal dtype, layout and trailing dims).
 absl::StatusOr<Tensor> ConcatRows(const std::vector<Tensor>& parts) {
   if (parts.empty() || !parts[0].defined() || parts[0].rank() < 1) {
@@ -627,7 +616,7 @@ absl::Status Session::Run(ExecutionContext* ctx, const std::vector<Tensor>& inpu
       for (const auto& [s, t] : plan.constants) sample[s] = t;
       int64_t sample_live = 0;
       for (int s : plan.split_inputs) {
-        sample[s] = BatchRows(slots[s], b, 1);
+        sample[s] = slots[s].Rows(b, 1);
         sample_live += static_cast<int64_t>(sample[s].byte_size());
       }
       QS_RETURN_IF_ERROR(RunNodes(ctx, 0, plan.split_end, &sample, &sample_live));

@@ -134,6 +134,19 @@ Tensor Tensor::Clone() const {
   return t;
 }
 
+Tensor Tensor::Rows(int64_t begin, int64_t n) const {
+  Shape shape = shape_;
+  const size_t row_bytes = shape[0] == 0 ? 0 : byte_size() / static_cast<size_t>(shape[0]);
+  shape[0] = n;
+  Tensor rows = Uninitialized(dtype_, shape);
+  rows.set_layout(layout_);
+  if (n > 0 && row_bytes > 0) {
+    std::memcpy(rows.data_, static_cast<const char*>(data_) + begin * row_bytes,
+                n * row_bytes);
+  }
+  return rows;
+}
+
 float HalfToFloat(uint16_t h) {
   uint32_t sign = (h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1f;

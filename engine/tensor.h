@@ -99,6 +99,10 @@ class Tensor {
   Tensor Reshaped(Shape shape) const;
   // Deep copy into a new buffer.
   Tensor Clone() const;
+  // Rows [begin, begin + n) along dimension 0, copied into a new tensor of the same
+  // layout (both layouts keep a row's bytes contiguous). Rank >= 1, range checked by
+  // the caller.
+  Tensor Rows(int64_t begin, int64_t n) const;
   // True when this handle is the only owner of its buffer (safe to write in place).
   bool unique() const { return buffer_.use_count() == 1; }
 
