@@ -116,6 +116,23 @@ absl::StatusOr<onnx::ModelProto> LoadOnnxModel(const std::string& path) {
   return CheckParsedModel(std::move(model), path);
 }
 
+absl::StatusOr<GraphSignature> ImportSignature(const onnx::ModelProto& model) {
+  const auto& gp = model.graph();
+  absl::flat_hash_set<std::string> initializers;
+  for (const auto& init : gp.initializer()) initializers.insert(init.name());
+  GraphSignature sig;
+  for (const auto& vi : gp.input()) {
+    if (initializers.count(vi.name())) continue;  // a constant, not a model input
+    QS_ASSIGN_OR_RETURN(ValueInfo info, ConvertValueInfo(vi));
+    sig.inputs.push_back(std::move(info));
+  }
+  for (const auto& vi : gp.output()) {
+    QS_ASSIGN_OR_RETURN(ValueInfo info, ConvertValueInfo(vi));
+    sig.outputs.push_back(std::move(info));
+  }
+  return sig;
+}
+
 absl::StatusOr<Graph> ImportGraph(const onnx::ModelProto& model) {
   Graph g;
   for (const auto& op : model.opset_import()) {
@@ -130,15 +147,9 @@ absl::StatusOr<Graph> ImportGraph(const onnx::ModelProto& model) {
     }
     g.initializers[init.name()] = *std::move(t);
   }
-  for (const auto& vi : gp.input()) {
-    if (g.initializers.count(vi.name())) continue;
-    QS_ASSIGN_OR_RETURN(ValueInfo info, ConvertValueInfo(vi));
-    g.inputs.push_back(std::move(info));
-  }
-  for (const auto& vi : gp.output()) {
-    QS_ASSIGN_OR_RETURN(ValueInfo info, ConvertValueInfo(vi));
-    g.outputs.push_back(std::move(info));
-  }
+  QS_ASSIGN_OR_RETURN(GraphSignature sig, ImportSignature(model));
+  g.inputs = std::move(sig.inputs);
+  g.outputs = std::move(sig.outputs);
   for (const auto& vi : gp.value_info()) {
     auto info = ConvertValueInfo(vi);
     if (info.ok()) g.value_info[vi.name()] = *std::move(info);

@@ -29,6 +29,15 @@ absl::StatusOr<onnx::ModelProto> ParseOnnxModel(absl::string_view bytes,
 // dimension above kMaxDimension, or a malformed initializer.
 absl::StatusOr<Graph> ImportGraph(const onnx::ModelProto& model);
 
+// The graph's inputs (initializers excluded) and outputs, as ImportGraph gives them,
+// without converting a single initializer: for callers that need only the signature
+// (ImportGraph would copy every weight). InvalidArgument for a malformed declaration.
+struct GraphSignature {
+  std::vector<ValueInfo> inputs;
+  std::vector<ValueInfo> outputs;
+};
+absl::StatusOr<GraphSignature> ImportSignature(const onnx::ModelProto& model);
+
 }  // namespace qs
 
 #endif  // QUANTSERVE_ENGINE_ONNX_IMPORT_H_

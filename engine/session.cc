@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/base/call_once.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
@@ -153,21 +154,34 @@ const char* PrecisionName(Precision p) {
   return "FP32";
 }
 
-void ReleaseUnusedPrimitives() {
-  try {
-    const int capacity = dnnl::get_primitive_cache_capacity();
-    dnnl::set_primitive_cache_capacity(0);
-    dnnl::set_primitive_cache_capacity(capacity);
-  } catch (const dnnl::error& e) {
-    QS_LOG(WARNING) << "cannot empty oneDNN's primitive cache: " << e.what();
-  }
-}
-
 const std::vector<NodePrecision>& Session::precision_report() const {
   return plan_->report;
 }
 
 namespace {
+
+// Turns oneDNN's process-wide primitive cache off, once, before the first plan is built,
+// unless the user sized it (ONEDNN_/DNNL_PRIMITIVE_CACHE_CAPACITY). Plans hold every
+// primitive they run, so the cache only kept what nothing runs any more (calibration and
+// report plans, timed candidates: 3-4 MB for ResNet-50 INT8). And oneDNN 2.6's cache is
+// not safe to shrink while other threads create primitives: emptying it after each
+// model load made a concurrently created MatMul lose its fused ReLU now and then
+// (tests/integration/serving_test, reloads under traffic). With capacity 0 no entry
+// ever exists, so nothing is shared or evicted.
+void TurnOffPrimitiveCacheOnce() {
+  static absl::once_flag once;
+  absl::call_once(once, [] {
+    if (std::getenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY") != nullptr ||
+        std::getenv("DNNL_PRIMITIVE_CACHE_CAPACITY") != nullptr) {
+      return;
+    }
+    try {
+      dnnl::set_primitive_cache_capacity(0);
+    } catch (const dnnl::error& e) {
+      QS_LOG(WARNING) << "cannot turn oneDNN's primitive cache off: " << e.what();
+    }
+  });
+}
 
 // ImportGraph with an allocation failure turned into a status.
 absl::StatusOr<Graph> ImportGraphOrOom(const onnx::ModelProto& model) {
@@ -196,6 +210,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Compile(onnx::ModelProto&& mod
 
 absl::StatusOr<std::unique_ptr<Session>> Session::CompileGraph(Graph graph,
                                                                const CompileOptions& options) {
+  TurnOffPrimitiveCacheOnce();
   try {
     const int64_t graph_nodes = static_cast<int64_t>(graph.nodes.size());
     int64_t fp32_weight_bytes = 0;

@@ -31,13 +31,6 @@ enum class Precision { kFP32, kDynamicRange, kInt8, kFP16, kBF16 };
 
 const char* PrecisionName(Precision p);  // "FP32", "DYNAMIC_RANGE", ...
 
-// Empties oneDNN's process-wide primitive cache, keeping its capacity. Plans hold their
-// own primitives, so what goes is only what nothing runs any more: the kernels (JIT
-// code) of a model's calibration and precision-report plans and the candidates timed at
-// warmup, 3-4 MB for ResNet-50 at INT8. A primitive created later is built afresh.
-// Thread-safe; call once a model is loaded and warmed.
-void ReleaseUnusedPrimitives();
-
 enum class CalibrationMethod;  // engine/quantize/calibration.h
 
 struct CompileOptions {
@@ -131,6 +124,8 @@ class Session {
   // Imports, optimizes and plans `model` (already checked by LoadOnnxModel or
   // ParseOnnxModel). Errors: Unimplemented for an unsupported op (naming op, node and
   // opset), InvalidArgument for a malformed graph, Internal for a oneDNN failure.
+  // The first Compile in a process turns oneDNN's primitive cache off (plans own their
+  // primitives; see session.cc) unless ONEDNN_PRIMITIVE_CACHE_CAPACITY sizes it.
   static absl::StatusOr<std::unique_ptr<Session>> Compile(
       const onnx::ModelProto& model, const CompileOptions& options);
   // The same, freeing `model` (moved from) once its tensors are imported: a loader that

@@ -174,9 +174,8 @@ absl::Status Daemon::Start() {
         if (!warmup.ok()) return warmup.status();
         so.warmup = *std::move(warmup);
         auto started = ModelScheduler::Start(model, &model->session(), model->config(), so);
-        // Warmup ran every batch bucket once: drop the kernels only calibration and
-        // timing used, and hand the freed memory back to the OS.
-        ReleaseUnusedPrimitives();
+        // Warmup ran every batch bucket once: hand what calibration and timing freed
+        // back to the OS.
         malloc_trim(0);
         return started;
       });

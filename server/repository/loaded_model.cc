@@ -67,8 +67,9 @@ absl::StatusOr<std::vector<std::vector<Tensor>>> ReadCalibration(
   const std::string& data_dir = q.calibration().data_dir();
   const std::string config_path =
       absl::StrCat("the model's config (", request.model_dir, "/config.pbtxt)");
-  // The graph's inputs, as the engine will see them.
-  auto graph = ImportGraph(proto);
+  // The graph's inputs, as the engine will see them (the signature only: importing the
+  // whole graph here copied every weight, 102 MB for ResNet-50, just for the names).
+  auto graph = ImportSignature(proto);
   if (!graph.ok()) {
     return absl::Status(graph.status().code(),
                         absl::StrCat(label, ": ", path, ": ", graph.status().message()));

@@ -285,6 +285,35 @@ TEST(BadModelTest, HugeDeclaredInputDimension) {
   EXPECT_THAT(std::string(st.message()),
               AllOf(HasSubstr("'x'"), HasSubstr("1000000000000"),
                     HasSubstr(std::to_string(kMaxDimension))));
+  // The signature alone (what the server reads before calibrating) refuses it too.
+  auto sig = ImportSignature(m);
+  ASSERT_FALSE(sig.ok());
+  EXPECT_EQ(sig.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(sig.status().message()), HasSubstr("1000000000000"));
+}
+
+// Older exporters list initializers among the graph inputs: they are constants, not
+// inputs, in the signature as in the imported graph.
+TEST(BadModelTest, SignatureIsTheImportedGraphsInputsAndOutputs) {
+  onnx::ModelProto m = EmptyModel();
+  auto* g = m.mutable_graph();
+  AddValue(g->mutable_input(), "x", {-1, 3});
+  AddValue(g->mutable_input(), "w", {3, 2});
+  *g->add_initializer() = FloatInitializer("w", {3, 2}, {1, 2, 3, 4, 5, 6});
+  AddValue(g->mutable_output(), "y", {-1, 2});
+  AddNode(g, "mm", "MatMul", {"x", "w"}, {"y"});
+  auto graph = ImportGraph(m);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  auto sig = ImportSignature(m);
+  ASSERT_TRUE(sig.ok()) << sig.status();
+  auto names = [](const std::vector<ValueInfo>& vs) {
+    std::vector<std::string> n;
+    for (const auto& v : vs) n.push_back(v.name + ":" + ShapeToString(v.shape));
+    return n;
+  };
+  EXPECT_EQ(names(sig->inputs), (std::vector<std::string>{"x:" + ShapeToString({-1, 3})}));
+  EXPECT_EQ(names(sig->inputs), names(graph->inputs));
+  EXPECT_EQ(names(sig->outputs), names(graph->outputs));
 }
 
 TEST(BadModelTest, InitializerRawDataSizeMismatch) {

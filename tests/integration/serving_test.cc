@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -613,6 +614,13 @@ TEST_F(ServingTest, ExplicitUnloadAndReloadUnderTraffic) {
             ++counts.ok;
           } else {
             ++counts.wrong;
+            if (counts.problems.size() < 10) {
+              counts.problems.push_back(absl::StrCat(
+                  "wrong answer (generation ", g0, "->", g1, ", version '",
+                  resp.model_version(), "'): got [", absl::StrJoin(OutputFloats(resp), ","),
+                  "], want [", absl::StrJoin(TinyReference(x, kTinyB2), ","), "] for x [",
+                  absl::StrJoin(x, ","), "]"));
+            }
           }
         } else if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
                    st.error_code() == grpc::StatusCode::NOT_FOUND) {

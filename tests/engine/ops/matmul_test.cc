@@ -2,9 +2,12 @@
 // loops written here.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "dnnl.hpp"
 #include "engine/graph.h"
 #include "engine/onnx_import.h"
 #include "engine/session.h"
@@ -463,6 +466,61 @@ TEST(MatMulTest, PlansAreCachedPerShapeInOneContext) {
     std::vector<Tensor> out;
     ASSERT_TRUE((*session)->Run(ctx.get(), {a}, &out).ok());
     ExpectNear(out[0], NaiveBatchedMatMul(a, b));
+  }
+}
+
+// Plans built and run on several threads at once, each batch size creating its own
+// primitives, keep their fused ReLU. oneDNN's process-wide primitive cache is off after
+// the first Compile: emptying it while other threads created primitives (the daemon did
+// after every model load) now and then handed a MatMul a primitive without its ReLU.
+TEST(MatMulTest, ConcurrentCompilesAndRunsKeepTheirFusedRelu) {
+  Tensor w = Filled({6, 3}, 5), bias = Filled({3}, 6);
+  ModelBuilder mb;
+  mb.Input("a", {-1, 6});
+  mb.Constant("w", w);
+  mb.Constant("bias", bias);
+  mb.Node("MatMul", {"a", "w"}, {"mm"});
+  mb.Node("Add", {"mm", "bias"}, {"x"});
+  mb.Node("Relu", {"x"}, {"y"});
+  mb.Output("y");
+  constexpr int kThreads = 3, kRounds = 12;
+  std::vector<std::string> failures(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < kRounds && failures[t].empty(); ++round) {
+        auto session = Session::Compile(mb.model(), CompileOptions());
+        if (!session.ok()) {
+          failures[t] = session.status().ToString();
+          return;
+        }
+        auto ctx = (*session)->NewContext();
+        const int64_t rows = 1 + (round * kThreads + t) % 7;
+        Tensor a = Filled({rows, 6}, round + t);
+        std::vector<Tensor> out;
+        absl::Status st = (*session)->Run(ctx.get(), {a}, &out);
+        if (!st.ok()) {
+          failures[t] = st.ToString();
+          return;
+        }
+        const Tensor want = NaiveDense(a, w, bias, [](float v) { return std::max(v, 0.f); });
+        for (int64_t i = 0; i < want.num_elements(); ++i) {
+          if (std::fabs(out[0].data<float>()[i] - want.data<float>()[i]) > 1e-4f) {
+            failures[t] = "round " + std::to_string(round) + ", rows " +
+                          std::to_string(rows) + ": output " + std::to_string(i) + " is " +
+                          std::to_string(out[0].data<float>()[i]) + ", want " +
+                          std::to_string(want.data<float>()[i]);
+            return;
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(failures[t], "") << "thread " << t;
+  if (std::getenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == nullptr &&
+      std::getenv("DNNL_PRIMITIVE_CACHE_CAPACITY") == nullptr) {
+    EXPECT_EQ(dnnl::get_primitive_cache_capacity(), 0);
   }
 }
 

@@ -3,6 +3,7 @@
 // runs on the worker thread), so the queue's order is observed without any sleep.
 #include "server/scheduling/model_scheduler.h"
 
+#include <memory>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -11,6 +12,7 @@
 #include "engine/session.h"
 #include "gtest/gtest.h"
 #include "onnx/onnx_pb.h"
+#include "server/scheduling/inference_observer.h"
 
 namespace qs {
 namespace {
@@ -140,6 +142,82 @@ TEST_F(SchedulerTest, WarmupInputsAreReleasedOnceTheWorkersHaveRunThem) {
   EXPECT_TRUE(probe.unique());
   (*sched)->Retire();
   ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+}
+
+// Records where each batched execution's first input lives, and keeps the inputs of
+// the executions it is told to (as the drift monitor keeps a sample).
+class InputRecorder : public InferenceObserver {
+ public:
+  void OnSuccess(int64_t, absl::Duration, const InferenceTimings&) override {}
+  void OnFailure(FailureReason, absl::Duration) override {}
+  void OnExecution(int64_t, const InferenceTimings&) override {}
+  void OnQueueDepth(int64_t) override {}
+  void OnInFlight(int64_t) override {}
+  void OnOutputs(const std::vector<Tensor>& inputs, const std::vector<Tensor>&) override {
+    absl::MutexLock lock(&mu_);
+    data.push_back(inputs[0].raw_data());
+    if (keep_next) kept = inputs[0];
+    keep_next = false;
+  }
+  absl::Mutex mu_;
+  std::vector<const void*> data ABSL_GUARDED_BY(mu_);
+  bool keep_next ABSL_GUARDED_BY(mu_) = false;
+  Tensor kept ABSL_GUARDED_BY(mu_);
+};
+
+// A worker concatenates batched inputs into one buffer it reuses from batch to batch,
+// but never while anything still holds the previous batch's inputs: a kept sample
+// keeps its values. Batch 0 is one request; each later batch is two requests queued
+// while the worker is held in the first callback of the batch before.
+TEST_F(SchedulerTest, BatchBufferIsReusedUnlessTheLastBatchIsStillHeld) {
+  inference::ModelConfig config;
+  config.set_max_batch_size(8);
+  config.mutable_dynamic_batching();
+  WorkerTracker tracker;
+  SchedulerOptions options;
+  options.tracker = &tracker;
+  auto recorder = std::make_shared<InputRecorder>();
+  options.observer = recorder;
+  auto sched = ModelScheduler::Start(session_, session_.get(), config, options);
+  ASSERT_TRUE(sched.ok()) << sched.status();
+
+  constexpr int kBatches = 5, kKept = 3;  // batch 3 is requests 6 and 7
+  absl::Notification running[kBatches], release[kBatches];
+  auto holding = [&](int b) {
+    return [&, b] {
+      running[b].Notify();
+      release[b].WaitForNotification();
+    };
+  };
+  ASSERT_TRUE((*sched)->Enqueue(Request(1, 0, holding(0))).ok());
+  for (int b = 1; b < kBatches; ++b) {
+    running[b - 1].WaitForNotification();  // the worker is in batch b-1's callback
+    {
+      absl::MutexLock lock(&recorder->mu_);
+      recorder->keep_next = b == kKept;
+    }
+    ASSERT_TRUE((*sched)->Enqueue(Request(2 * b, 0, holding(b))).ok());
+    ASSERT_TRUE((*sched)->Enqueue(Request(2 * b + 1, 0, nullptr)).ok());
+    release[b - 1].Notify();
+  }
+  running[kBatches - 1].WaitForNotification();
+  release[kBatches - 1].Notify();
+  (*sched)->Retire();
+  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+
+  {
+    absl::MutexLock lock(&mu_);
+    ASSERT_EQ(order_, (std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  }
+  absl::MutexLock lock(&recorder->mu_);
+  ASSERT_EQ(recorder->data.size(), static_cast<size_t>(kBatches));  // pairs were batched
+  EXPECT_EQ(recorder->data[2], recorder->data[1]);  // reused
+  EXPECT_EQ(recorder->data[3], recorder->data[2]);
+  EXPECT_NE(recorder->data[4], recorder->data[3]);  // batch 3 still held: a fresh buffer
+  ASSERT_TRUE(recorder->kept.defined());
+  EXPECT_EQ(recorder->kept.dim(0), 2);
+  EXPECT_EQ(recorder->kept.data<float>()[0], 6.f);
+  EXPECT_EQ(recorder->kept.data<float>()[4], 7.f);
 }
 
 }  // namespace
