@@ -224,8 +224,9 @@ absl::Status AssignPrecision(const CompileOptions& options,
     if (!options.disable_default_exclusions &&
         DefaultExcluded(node, *graph, graph_outputs, options.precision)) {
       const bool head = graph_outputs.count(node.outputs[0]) > 0;
-      if (!head && IsImageStem(node, *graph) && options.precision == Precision::kInt8 &&
-          options.int8_stem_in_bf16 && HasNativeBf16()) {
+      const bool bf16 = head ? options.int8_head_in_bf16
+                             : IsImageStem(node, *graph) && options.int8_stem_in_bf16;
+      if (bf16 && options.precision == Precision::kInt8 && HasNativeBf16()) {
         node.attrs.SetString(kPrecisionAttr, kPrecisionBf16);
       }
       continue;

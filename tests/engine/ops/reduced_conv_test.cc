@@ -236,12 +236,13 @@ TEST(ReducedConvTest, BiasDominatedOutputsMatchFp32) {
   EXPECT_LE(r2.max_rel_err, 0.01);
 }
 
-// The image stem (a conv over 3 channels) of an INT8 plan runs in BF16 where the CPU
-// computes bf16 natively, in FP32 elsewhere, when the option is off, or when the user
-// names it; with the default exclusions disabled it is INT8 like the rest. A BF16 stem
+// The image stem (a conv over 3 channels) and the head (the conv producing the graph
+// output) of an INT8 plan run in BF16 where the CPU computes bf16 natively, in FP32
+// elsewhere, when their option is off, or when the user names them; with the default
+// exclusions disabled they are INT8 like the rest. A BF16 stem
 // read only through a MaxPool by INT8 convs (as input and as fused residual, ResNet's
 // shape) writes bf16, pooled in bf16.
-TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
+TEST(ReducedConvTest, Int8PlanRunsTheImageStemAndHeadInBf16) {
   ModelBuilder b;
   b.Input("x", {-1, 3, 16, 16});
   b.Output("y");
@@ -266,14 +267,17 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
   struct Case {
     const char* label;
     std::function<void(CompileOptions*)> set;
-    std::string stem;
+    std::string stem, head;
   };
   const std::vector<Case> cases = {
-      {"default", [](CompileOptions*) {}, native_stem},
-      {"option off", [](CompileOptions* o) { o->int8_stem_in_bf16 = false; }, "FP32"},
-      {"named", [](CompileOptions* o) { o->exclude_nodes = {"stem"}; }, "FP32"},
+      {"default", [](CompileOptions*) {}, native_stem, native_stem},
+      {"option off", [](CompileOptions* o) { o->int8_stem_in_bf16 = false; }, "FP32",
+       native_stem},
+      {"head option off", [](CompileOptions* o) { o->int8_head_in_bf16 = false; },
+       native_stem, "FP32"},
+      {"named", [](CompileOptions* o) { o->exclude_nodes = {"stem", "y"}; }, "FP32", "FP32"},
       {"no default exclusions",
-       [](CompileOptions* o) { o->disable_default_exclusions = true; }, "INT8"},
+       [](CompileOptions* o) { o->disable_default_exclusions = true; }, "INT8", "INT8"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.label);
@@ -287,6 +291,7 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16) {
     for (const NodePrecision& p : (*q)->precision_report()) precision[p.name] = p.precision;
     EXPECT_EQ(precision["stem"], c.stem);
     EXPECT_EQ(precision["body"], "INT8");
+    EXPECT_EQ(precision["y"], c.head);  // the head, producing the graph output
     std::map<std::string, DataType> out_type;
     auto ctx = (*q)->NewContext();
     ctx->set_tap([&](size_t node, const std::vector<const Tensor*>&,
@@ -349,21 +354,31 @@ TEST(ReducedConvTest, Bf16StemWritesF32UnlessOnlyPooledIntoInt8Convs) {
   }
 }
 
-// A 3-channel conv that is also the output head stays FP32 (the head rule wins).
-TEST(ReducedConvTest, ImageStemThatIsTheHeadStaysFp32) {
+// A 3-channel conv that is also the output head follows the head's option (the head
+// rule wins), and writes the f32 output the graph declares.
+TEST(ReducedConvTest, ImageStemThatIsTheHeadFollowsTheHeadOption) {
   ModelBuilder b;
   b.Input("x", {-1, 3, 8, 8});
   b.Output("y");
   AddConv(&b, "x", "y", 3, 4, 3, 96);
   auto model = AsModelFile(b.model(), "stem_head", {4, 8, 8});
   ASSERT_TRUE(model.ok()) << model.status();
-  CompileOptions o;
-  o.precision = Precision::kInt8;
-  o.calibration = {{Gaussian({2, 3, 8, 8}, 1.f, 97)}};
-  auto q = Session::Compile(*model, o);
-  ASSERT_TRUE(q.ok()) << q.status();
-  ASSERT_EQ((*q)->precision_report().size(), 1u);
-  EXPECT_EQ((*q)->precision_report()[0].precision, "FP32");
+  const Tensor x = Gaussian({2, 3, 8, 8}, 1.f, 97);
+  for (bool head_bf16 : {true, false}) {
+    SCOPED_TRACE(head_bf16 ? "head option on" : "head option off");
+    CompileOptions o;
+    o.precision = Precision::kInt8;
+    o.calibration = {{x}};
+    o.int8_head_in_bf16 = head_bf16;
+    auto q = Session::Compile(*model, o);
+    ASSERT_TRUE(q.ok()) << q.status();
+    ASSERT_EQ((*q)->precision_report().size(), 1u);
+    EXPECT_EQ((*q)->precision_report()[0].precision,
+              head_bf16 && HasNativeBf16() ? "BF16" : "FP32");
+    std::vector<Tensor> got;
+    ASSERT_TRUE((*q)->Run((*q)->NewContext().get(), {x}, &got).ok());
+    EXPECT_EQ(got[0].dtype(), DataType::kFloat32);
+  }
 }
 
 TEST(ReducedConvTest, DynamicRangeKeepsFp32BetweenLayers) {
