@@ -52,6 +52,7 @@ struct ConvPlan {
   bool empty = false;  // zero-sized output: nothing to compute
   dnnl::primitive prim;
   dnnl::memory src, weights, bias, dst;
+  Tensor weights_owner;  // keeps the packed constant `weights` points into
   bool has_bias = false;
   bool const_weights = false;  // `weights` already holds the packed constant
 };
@@ -333,7 +334,7 @@ class ConvKernel : public Kernel {
     plan->src = dnnl::memory(src_md, eng, DNNL_MEMORY_NONE);
     plan->dst = dnnl::memory(dst_md, eng, DNNL_MEMORY_NONE);
     if (packed_) {
-      plan->weights = packed_->Get(packed_w_md, dnnl);
+      plan->weights = packed_->Get(packed_w_md, dnnl, &plan->weights_owner);
       plan->const_weights = true;
     } else {
       plan->weights = dnnl::memory(user_w_md, eng, DNNL_MEMORY_NONE);

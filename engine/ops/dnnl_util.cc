@@ -152,15 +152,24 @@ dnnl::memory WrapTensor(const dnnl::memory::desc& md, const Tensor& t,
   return dnnl::memory(md, engine, const_cast<void*>(t.raw_data()));
 }
 
-dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md,
-                                DnnlResources* dnnl) const {
+int64_t PackedWeights::packed_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t bytes = 0;
+  for (const Entry& e : packed_) bytes += static_cast<int64_t>(e.buffer.byte_size());
+  return bytes;
+}
+
+dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md, DnnlResources* dnnl,
+                                Tensor* owner) const {
   std::lock_guard<std::mutex> lock(mu_);
   if (packed_md == user_md_ && weights_.defined()) {
     wrapped_ = true;  // a plan now points into weights_: it must stay
+    *owner = weights_;
     return WrapTensor(user_md_, weights_, dnnl->engine);
   }
   for (const Entry& e : packed_) {
     if (e.md == packed_md) {
+      *owner = e.buffer;
       return dnnl::memory(packed_md, dnnl->engine,
                           const_cast<void*>(e.buffer.raw_data()));
     }
@@ -180,7 +189,13 @@ dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md,
   dnnl::memory dst(packed_md, dnnl->engine, buffer.raw_data());
   dnnl::reorder(src, dst).execute(dnnl->stream, src, dst);
   dnnl->stream.wait();
+  // Layouts only this object still holds go (their plans are gone); the new one stays
+  // and is the source of later reorders once the unpacked copy is released.
+  packed_.erase(std::remove_if(packed_.begin(), packed_.end(),
+                               [](const Entry& e) { return e.buffer.unique(); }),
+                packed_.end());
   packed_.push_back({packed_md, buffer});
+  *owner = std::move(buffer);
   if (release_unpacked_ && !wrapped_) weights_ = Tensor();
   return dst;
 }

@@ -140,9 +140,16 @@ class PackedWeights {
   DataType dtype() const { return dtype_; }
   const dnnl::memory::desc& user_desc() const { return user_md_; }
 
-  // Memory holding the weights in layout `packed_md`, packing them if this layout was
-  // not requested before. Returns the unpacked constant itself when the layouts match.
-  dnnl::memory Get(const dnnl::memory::desc& packed_md, DnnlResources* dnnl) const;
+  // Memory holding the weights in layout `packed_md`, packing them if no plan holds this
+  // layout now. Returns the unpacked constant itself when the layouts match. `*owner`
+  // receives a reference to the bytes: the caller keeps it as long as it uses the
+  // memory. Packing a new layout drops the layouts nobody else holds any more (the
+  // precision report's first-choice kernels and the warmup's timed ones may want
+  // different layouts of the same weights; only the serving plans' stay).
+  dnnl::memory Get(const dnnl::memory::desc& packed_md, DnnlResources* dnnl,
+                   Tensor* owner) const;
+  // Bytes held in packed layouts (for tests and accounting).
+  int64_t packed_bytes() const;
 
  private:
   struct Entry {

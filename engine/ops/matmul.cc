@@ -109,6 +109,7 @@ struct MatMulPlan {
   bool skip = false;  // empty output, or K == 0 (output is zeros / bias only)
   dnnl::matmul prim;
   memory src, weights, dst, bias, post_src;
+  Tensor weights_owner;  // keeps the packed constant `weights` points into
   bool const_weights = false;
   bool has_bias = false;      // DNNL_ARG_BIAS
   bool has_post_src = false;  // C as the src1 of the binary post-op at `post_index`
@@ -267,7 +268,7 @@ class MatMulKernel : public Kernel {
       plan->bias = memory(bias_md, eng, const_cast<void*>(bias_.raw_data()));
     }
     if (use_packed) {
-      plan->weights = packed_->Get(pd.weights_desc(), dnnl);
+      plan->weights = packed_->Get(pd.weights_desc(), dnnl, &plan->weights_owner);
       plan->const_weights = true;
     } else {
       plan->weights = memory(w_md, eng, DNNL_MEMORY_NONE);
@@ -533,7 +534,7 @@ class GemmKernel : public Kernel {
     plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
     plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
     if (packed_b_) {
-      plan->weights = packed_b_->Get(pd.weights_desc(), dnnl);
+      plan->weights = packed_b_->Get(pd.weights_desc(), dnnl, &plan->weights_owner);
       plan->const_weights = true;
     } else {
       plan->weights = memory(user_w_md, eng, DNNL_MEMORY_NONE);

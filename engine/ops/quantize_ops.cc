@@ -416,6 +416,7 @@ PreparedB PrepareB(const Tensor& b, int64_t offset, int64_t k, int64_t n, ZpFn z
 struct GemmPlan {
   dnnl::matmul prim;
   memory a, b, c;
+  Tensor b_owner;  // keeps the packed constant `b` points into
   bool packed = false;
 };
 
@@ -475,7 +476,7 @@ void IntGemm(const void* a, DataType a_type, int64_t m, const PreparedB& b,
     p->a = memory(a_md, eng, DNNL_MEMORY_NONE);
     p->c = memory(c_md, eng, DNNL_MEMORY_NONE);
     if (packed != nullptr) {
-      p->b = packed->Get(pd.weights_desc(), dnnl);
+      p->b = packed->Get(pd.weights_desc(), dnnl, &p->b_owner);
       p->packed = true;
     } else {
       p->b = memory(b_user, eng, DNNL_MEMORY_NONE);
@@ -911,6 +912,7 @@ struct ConvPlan {
   int64_t in_sp[3], out_sp[3], ker[3], stride[3], dil[3], pad[3];
   dnnl::primitive prim, prim_sum;
   memory src, weights, dst, zp, ones, sums;
+  Tensor weights_owner;    // keeps the packed constant `weights` points into
   Tensor ones_w, sum_buf;  // all-ones weights and window sums (when some d != 0)
   bool const_weights = false;
 };
@@ -1050,7 +1052,7 @@ class IntConv {
     plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
     plan->zp = memory({{1}, dt::s32, memory::format_tag::a}, eng);
     if (const_w_) {
-      plan->weights = packed_->Get(pd.weights_desc(), dnnl);
+      plan->weights = packed_->Get(pd.weights_desc(), dnnl, &plan->weights_owner);
       plan->const_weights = true;
     } else {
       plan->weights = memory(w_user, eng, DNNL_MEMORY_NONE);

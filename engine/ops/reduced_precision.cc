@@ -109,6 +109,7 @@ struct Plan {
   Shape out_shape;
   dnnl::primitive prim;
   memory src, weights, dst, zero_point, act_scale, bias;
+  Tensor weights_owner;  // keeps the packed constant `weights` points into
   int bias_post_op = -1;  // index of the bias binary_add post-op, -1 when none
   bool bias_arg = false;  // the bias is the primitive's own DNNL_ARG_BIAS
   int scale_post_op = -1;
@@ -462,7 +463,7 @@ class ReducedConvKernel : public Kernel {
                                c_.fused.hi),
                   extra_args);
     plan->prim = dnnl::convolution_forward(pd);
-    plan->weights = packed_->Get(pd.weights_desc(), dnnl);
+    plan->weights = packed_->Get(pd.weights_desc(), dnnl, &plan->weights_owner);
     plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
     plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
     if (c_.mode == Mode::kBf16) {
@@ -595,7 +596,7 @@ class ReducedMatMulKernel : public Kernel {
                  : dnnl::matmul::desc(src_md, w_md, dst_md),
         attr, eng);
     plan->prim = dnnl::matmul(pd);
-    plan->weights = packed_->Get(pd.weights_desc(), dnnl);
+    plan->weights = packed_->Get(pd.weights_desc(), dnnl, &plan->weights_owner);
     plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
     plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
     if (c_.mode == Mode::kBf16) {

@@ -76,9 +76,52 @@ TEST(PackedWeightsTest, EveryLayoutHoldsTheWeightsAfterTheRelease) {
     SCOPED_TRACE(::testing::Message() << "layout " << i << " flags "
                                       << layouts[i].data.extra.flags);
     dnnl::memory m;
-    ASSERT_NO_THROW(m = packed.Get(layouts[i], &dnnl));
+    Tensor owner;
+    ASSERT_NO_THROW(m = packed.Get(layouts[i], &dnnl, &owner));
     EXPECT_EQ(Unpack(m, &dnnl), want);
   }
+}
+
+// A layout stays while a plan holds it, is shared by every plan asking for it, and goes
+// once nobody holds it and another layout is packed (the report's first-choice kernels
+// and the warmup's timed ones may want different layouts of the same weights).
+TEST(PackedWeightsTest, LayoutsNobodyHoldsAreDroppedWhenAnotherIsPacked) {
+  DnnlResources dnnl;
+  Tensor w = Tensor::Uninitialized(DataType::kInt8, {64, 16, 3, 3});
+  for (int64_t i = 0; i < w.num_elements(); ++i) {
+    w.data<int8_t>()[i] = static_cast<int8_t>(i % 251 - 125);
+  }
+  const std::vector<int8_t> want(w.data<int8_t>(), w.data<int8_t>() + w.num_elements());
+  PackedWeights packed(w, dnnl::memory::desc({64, 16, 3, 3}, dt::s8, tag::oihw));
+  packed.release_unpacked_after_first_pack();
+  w = Tensor();
+  const dnnl::memory::desc a({64, 16, 3, 3}, dt::s8, tag::ohwi);
+  const dnnl::memory::desc b({64, 16, 3, 3}, dt::s8, tag::hwio);
+  const dnnl::memory::desc c({64, 16, 3, 3}, dt::s8, tag::iohw);
+  const int64_t one = 64 * 16 * 3 * 3;
+
+  Tensor report_owner, plan1, plan2;
+  dnnl::memory m_a = packed.Get(a, &dnnl, &report_owner);  // the report's plan
+  dnnl::memory m_b = packed.Get(b, &dnnl, &plan1);         // a serving plan
+  EXPECT_EQ(packed.packed_bytes(), 2 * one);               // both held
+  dnnl::memory m_b2 = packed.Get(b, &dnnl, &plan2);        // shared, not packed again
+  EXPECT_EQ(m_b2.get_data_handle(), m_b.get_data_handle());
+  EXPECT_EQ(packed.packed_bytes(), 2 * one);
+
+  report_owner = Tensor();  // the report's plan is gone
+  Tensor plan3;
+  dnnl::memory m_c = packed.Get(c, &dnnl, &plan3);  // reordered, then `a` dropped
+  EXPECT_EQ(packed.packed_bytes(), 2 * one);        // b and c
+  EXPECT_EQ(Unpack(m_b, &dnnl), want);
+  EXPECT_EQ(Unpack(m_c, &dnnl), want);
+
+  plan1 = Tensor();
+  plan2 = Tensor();
+  plan3 = Tensor();
+  Tensor plan4;
+  dnnl::memory m_a2 = packed.Get(a, &dnnl, &plan4);  // from a dropped layout: kept one
+  EXPECT_EQ(packed.packed_bytes(), one);
+  EXPECT_EQ(Unpack(m_a2, &dnnl), want);
 }
 
 }  // namespace
