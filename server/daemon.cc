@@ -229,6 +229,9 @@ absl::Status Daemon::Start() {
   }
   if (failed > 0) QS_LOG(WARNING) << failed << " model(s) failed to load; see above";
   d.state.set_startup_done();
+  // Each load trimmed the heap from inside its ready hook; what the loads freed after
+  // that (their temporaries, the last model's calibration state) goes back now.
+  malloc_trim(0);
   QS_LOG(INFO) << "server ready";
 
   if (o.control_mode == ModelControlMode::kPoll) {
