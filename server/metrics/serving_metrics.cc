@@ -120,7 +120,7 @@ class ServingMetrics::Observer : public InferenceObserver {
         version_(std::move(version)),
         memory_(std::move(memory)),
         s_(series) {}
-  ~Observer() override { owner_->Release(version_, memory_); }
+  ~Observer() override { owner_->Release(version_, memory_, this); }
 
   void OnSuccess(int64_t batch_size, absl::Duration total,
                  const InferenceTimings& timings) override {
@@ -151,6 +151,9 @@ class ServingMetrics::Observer : public InferenceObserver {
   void OnOutputs(const std::vector<Tensor>& inputs,
                  const std::vector<Tensor>& outputs) override {
     if (drift_ != nullptr) drift_->Offer(inputs, outputs);
+  }
+  void OnActivationBytes(int64_t bytes) override {
+    owner_->SetActivationBytes(memory_, this, bytes);
   }
   // Set once, by ForModel, before the observer is handed out.
   void set_drift(std::unique_ptr<DriftMonitor> drift) { drift_ = std::move(drift); }
@@ -231,7 +234,10 @@ ServingMetrics::ServingMetrics(Options options)
       min_sqnr_db_(Build(prometheus::BuildGauge(), *registry_, "model_min_sqnr_db",
                          "Lowest signal-to-quantization-noise ratio (dB) over the "
                          "reduced-precision nodes at load; per-node figures are in "
-                         "the ModelConfig parameter qs_precision_report.")) {}
+                         "the ModelConfig parameter qs_precision_report.")),
+      activation_bytes_(Build(prometheus::BuildGauge(), *registry_, "model_activation_bytes",
+                              "Bytes the model's execution contexts hold for activations "
+                              "between runs (arenas and cached buffers), all instances.")) {}
 
 ServingMetrics::~ServingMetrics() = default;
 
@@ -267,6 +273,7 @@ ServingMetrics::MemorySeries* ServingMetrics::AcquireMemory(const MemoryKey& key
   labels["precision"] = std::get<2>(key);
   s.weight_bytes = &weight_bytes_.Add(labels);
   s.fp32_weight_bytes = &fp32_weight_bytes_.Add(labels);
+  s.activation_bytes = &activation_bytes_.Add(labels);
   return &s;
 }
 
@@ -311,7 +318,27 @@ std::shared_ptr<InferenceObserver> ServingMetrics::ForModel(const ModelMetricsIn
                                     series);
 }
 
-void ServingMetrics::Release(const VersionKey& version, const MemoryKey& memory) {
+namespace {
+
+void SetToSum(prometheus::Gauge* gauge, const std::map<const void*, int64_t>& parts) {
+  int64_t total = 0;
+  for (const auto& [who, bytes] : parts) total += bytes;
+  gauge->Set(static_cast<double>(total));
+}
+
+}  // namespace
+
+void ServingMetrics::SetActivationBytes(const MemoryKey& memory, const void* observer,
+                                        int64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  auto m = memory_.find(memory);
+  if (m == memory_.end()) return;
+  m->second.activation_by_observer[observer] = bytes;
+  SetToSum(m->second.activation_bytes, m->second.activation_by_observer);
+}
+
+void ServingMetrics::Release(const VersionKey& version, const MemoryKey& memory,
+                             const void* observer) {
   absl::MutexLock lock(&mu_);
   auto v = versions_.find(version);
   if (v != versions_.end() && --v->second.refs == 0) {
@@ -332,9 +359,14 @@ void ServingMetrics::Release(const VersionKey& version, const MemoryKey& memory)
     versions_.erase(v);
   }
   auto m = memory_.find(memory);
+  if (m != memory_.end() && m->second.activation_by_observer.erase(observer) > 0) {
+    // A retired scheduler's contexts are gone with it.
+    SetToSum(m->second.activation_bytes, m->second.activation_by_observer);
+  }
   if (m != memory_.end() && --m->second.refs == 0) {
     weight_bytes_.Remove(m->second.weight_bytes);
     fp32_weight_bytes_.Remove(m->second.fp32_weight_bytes);
+    activation_bytes_.Remove(m->second.activation_bytes);
     if (m->second.min_sqnr_db != nullptr) min_sqnr_db_.Remove(m->second.min_sqnr_db);
     memory_.erase(m);
   }

@@ -144,6 +144,9 @@ class ServingMetrics : public prometheus::Collectable,
     prometheus::Gauge* weight_bytes = nullptr;
     prometheus::Gauge* fp32_weight_bytes = nullptr;
     prometheus::Gauge* min_sqnr_db = nullptr;  // null unless reduced-precision nodes
+    prometheus::Gauge* activation_bytes = nullptr;
+    // Each live observer's (scheduler's) last figure; the gauge is their sum.
+    std::map<const void*, int64_t> activation_by_observer;
   };
   using VersionKey = std::pair<std::string, std::string>;
   using MemoryKey = std::tuple<std::string, std::string, std::string>;
@@ -152,7 +155,10 @@ class ServingMetrics : public prometheus::Collectable,
   VersionSeries* AcquireVersion(const VersionKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   MemorySeries* AcquireMemory(const MemoryKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Called by an observer's destructor.
-  void Release(const VersionKey& version, const MemoryKey& memory) ABSL_LOCKS_EXCLUDED(mu_);
+  void Release(const VersionKey& version, const MemoryKey& memory, const void* observer)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void SetActivationBytes(const MemoryKey& memory, const void* observer, int64_t bytes)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const Options options_;
   const ProcessCollector process_;
@@ -175,6 +181,7 @@ class ServingMetrics : public prometheus::Collectable,
   prometheus::Family<prometheus::Gauge>& weight_bytes_;
   prometheus::Family<prometheus::Gauge>& fp32_weight_bytes_;
   prometheus::Family<prometheus::Gauge>& min_sqnr_db_;
+  prometheus::Family<prometheus::Gauge>& activation_bytes_;
   // The drift families (in registry_); outlives every observer's DriftMonitor, since
   // observers keep this object alive.
   const std::unique_ptr<DriftMetrics> drift_ = std::make_unique<DriftMetrics>(*registry_);

@@ -69,11 +69,16 @@ absl::StatusOr<std::shared_ptr<ModelScheduler>> ModelScheduler::Start(
       new ModelScheduler(std::move(owner), session, config, options));
   const int count = std::max(1, options.instance_count);
   absl::BlockingCounter warmed(count);
+  {
+    absl::MutexLock lock(&s->activation_mu_);
+    s->worker_activation_bytes_.assign(static_cast<size_t>(count), 0);
+  }
   for (int i = 0; i < count; ++i) {
     if (options.tracker) options.tracker->Add();
     // Each worker holds a reference: the scheduler lives until every worker exits.
-    std::thread([self = s, threads = std::max(1, options.threads_per_worker), &warmed]() mutable {
-      self->WorkerLoop(threads, &warmed);
+    std::thread([self = s, i, threads = std::max(1, options.threads_per_worker),
+                 &warmed]() mutable {
+      self->WorkerLoop(i, threads, &warmed);
       WorkerTracker* tracker = self->options_.tracker;
       // Drop our reference before telling the tracker, so shutdown never outruns the
       // release of the model.
@@ -250,7 +255,22 @@ std::vector<std::unique_ptr<InferenceRequest>> ModelScheduler::NextBatch() {
   return batch;
 }
 
-void ModelScheduler::WorkerLoop(int threads, absl::BlockingCounter* warmed) {
+void ModelScheduler::ReportActivationBytes(int worker, const ExecutionContext& ctx,
+                                           int64_t* last) {
+  InferenceObserver* observer = options_.observer.get();
+  if (observer == nullptr) return;
+  const ExecutionContext::ActivationMemory m = ctx.activation_memory();
+  const int64_t bytes = static_cast<int64_t>(m.arena_bytes + m.cached_bytes);
+  if (bytes == *last) return;  // the usual case once warm: no lock
+  *last = bytes;
+  absl::MutexLock lock(&activation_mu_);
+  worker_activation_bytes_[static_cast<size_t>(worker)] = bytes;
+  int64_t total = 0;
+  for (int64_t b : worker_activation_bytes_) total += b;
+  observer->OnActivationBytes(total);
+}
+
+void ModelScheduler::WorkerLoop(int worker, int threads, absl::BlockingCounter* warmed) {
   omp_set_num_threads(threads);
   // The context (oneDNN stream, cached primitives) is created on this thread and only
   // used here; warming it builds the primitives for the warmup shapes.
@@ -273,6 +293,9 @@ void ModelScheduler::WorkerLoop(int threads, absl::BlockingCounter* warmed) {
       break;
     }
   }
+  int64_t activation_bytes = -1;
+  // Before Start returns: the gauge states the warmed contexts' memory from the start.
+  ReportActivationBytes(worker, *ctx, &activation_bytes);
   warmed->DecrementCount();  // `warmed` must not be touched after this line
   std::vector<Tensor> staging;  // Concat's buffers, one per input
   while (true) {
@@ -283,6 +306,7 @@ void ModelScheduler::WorkerLoop(int threads, absl::BlockingCounter* warmed) {
       continue;
     }
     Execute(ctx.get(), std::move(batch), &staging);
+    ReportActivationBytes(worker, *ctx, &activation_bytes);
   }
 }
 

@@ -82,7 +82,11 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
  private:
   ModelScheduler(std::shared_ptr<const void> owner, const Session* session,
                  const inference::ModelConfig& config, const SchedulerOptions& options);
-  void WorkerLoop(int threads, absl::BlockingCounter* warmed);
+  void WorkerLoop(int worker, int threads, absl::BlockingCounter* warmed);
+  // Tells the observer the workers' activation bytes when worker `worker`'s changed
+  // from `*last` (-1 before its first report).
+  void ReportActivationBytes(int worker, const ExecutionContext& ctx, int64_t* last)
+      ABSL_LOCKS_EXCLUDED(activation_mu_);
   // Takes the next batch off the queue; empty when retired and drained.
   std::vector<std::unique_ptr<InferenceRequest>> NextBatch() ABSL_LOCKS_EXCLUDED(mu_);
   // `staging`: the worker's buffers for batched inputs (see Concat).
@@ -106,6 +110,9 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
   std::deque<std::unique_ptr<InferenceRequest>> queue_ ABSL_GUARDED_BY(mu_);
   absl::Status warmup_status_ ABSL_GUARDED_BY(mu_);
   bool retired_ ABSL_GUARDED_BY(mu_) = false;
+
+  absl::Mutex activation_mu_;  // serializes OnActivationBytes
+  std::vector<int64_t> worker_activation_bytes_ ABSL_GUARDED_BY(activation_mu_);
 };
 
 }  // namespace qs

@@ -291,6 +291,9 @@ TEST_F(MetricsTest, KnownTrafficGivesExactValues) {
   const auto mem = With(kTiny, "precision", "FP32");
   EXPECT_EQ(value(Key("quantserve_model_weight_bytes", mem)), weight_bytes);
   EXPECT_EQ(value(Key("quantserve_model_fp32_weight_bytes", mem)), weight_bytes);
+  // tiny's activations (a few floats per row) are all below the pool's 64 KiB floor:
+  // its context holds none between runs (SchedulerTest covers models that do).
+  EXPECT_EQ(value(Key("quantserve_model_activation_bytes", mem)), 0);
   EXPECT_GT(value(Key("quantserve_model_load_duration_seconds", kTiny)), 0);
 
   EXPECT_GT(value("quantserve_process_resident_memory_bytes"), 0);

@@ -314,6 +314,32 @@ TEST(ServingMetricsTest, SeriesRemovedWhenTheLastObserverGoes) {
   EXPECT_EQ(Find(metrics->Collect(), "quantserve_requests_total", invalid)->counter.value, 0);
 }
 
+// Activation bytes are per scheduler: a reload of the same version and precision
+// overlaps two schedulers, whose figures add up until the old one goes.
+TEST(ServingMetricsTest, ActivationBytesSumOverLiveSchedulers) {
+  auto metrics = NewMetrics();
+  Labels mem = kM;
+  mem["precision"] = "FP32";
+  auto value = [&] {
+    const auto f = metrics->Collect();
+    const auto* g = Find(f, "quantserve_model_activation_bytes", mem);
+    return g == nullptr ? -1.0 : g->gauge.value;
+  };
+  auto a = metrics->ForModel(Info("m", "3"));
+  EXPECT_EQ(value(), 0);  // the series exists from the load
+  a->OnActivationBytes(1000);
+  EXPECT_EQ(value(), 1000);
+  a->OnActivationBytes(1500);  // a figure replaces that scheduler's last one
+  EXPECT_EQ(value(), 1500);
+  auto b = metrics->ForModel(Info("m", "3"));  // the reload's scheduler
+  b->OnActivationBytes(700);
+  EXPECT_EQ(value(), 2200);
+  a.reset();  // the old scheduler drained: its contexts are gone
+  EXPECT_EQ(value(), 700);
+  b.reset();
+  EXPECT_EQ(value(), -1);  // unloaded: no series
+}
+
 TEST(ServingMetricsTest, ObserverKeepsMetricsAlive) {
   auto metrics = NewMetrics();
   auto obs = metrics->ForModel(Info("m", "3"));

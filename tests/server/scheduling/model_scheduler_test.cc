@@ -4,6 +4,7 @@
 #include "server/scheduling/model_scheduler.h"
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -17,22 +18,26 @@
 namespace qs {
 namespace {
 
-onnx::ModelProto ReluModel() {
+// y = Relu(...Relu(x)) over [batch, width], `relus` deep (intermediates of 64 KiB and
+// more live in the context's arena).
+onnx::ModelProto ReluModel(int relus = 1, int64_t width = 4) {
   onnx::ModelProto m;
   m.set_ir_version(8);
   m.add_opset_import()->set_version(13);
   auto* g = m.mutable_graph();
   g->set_name("relu");
-  auto* n = g->add_node();
-  n->set_op_type("Relu");
-  n->add_input("x");
-  n->add_output("y");
+  for (int i = 0; i < relus; ++i) {
+    auto* n = g->add_node();
+    n->set_op_type("Relu");
+    n->add_input(i == 0 ? "x" : "t" + std::to_string(i - 1));
+    n->add_output(i == relus - 1 ? "y" : "t" + std::to_string(i));
+  }
   for (auto* vi : {g->add_input(), g->add_output()}) {
     vi->set_name(vi == &g->input(0) ? "x" : "y");
     auto* tt = vi->mutable_type()->mutable_tensor_type();
     tt->set_elem_type(onnx::TensorProto::FLOAT);
     tt->mutable_shape()->add_dim()->set_dim_param("batch");
-    tt->mutable_shape()->add_dim()->set_dim_value(4);
+    tt->mutable_shape()->add_dim()->set_dim_value(width);
   }
   return m;
 }
@@ -153,6 +158,10 @@ class InputRecorder : public InferenceObserver {
   void OnExecution(int64_t, const InferenceTimings&) override {}
   void OnQueueDepth(int64_t) override {}
   void OnInFlight(int64_t) override {}
+  void OnActivationBytes(int64_t bytes) override {
+    absl::MutexLock lock(&mu_);
+    activation_reports.push_back(bytes);
+  }
   void OnOutputs(const std::vector<Tensor>& inputs, const std::vector<Tensor>&) override {
     absl::MutexLock lock(&mu_);
     data.push_back(inputs[0].raw_data());
@@ -163,7 +172,45 @@ class InputRecorder : public InferenceObserver {
   std::vector<const void*> data ABSL_GUARDED_BY(mu_);
   bool keep_next ABSL_GUARDED_BY(mu_) = false;
   Tensor kept ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> activation_reports ABSL_GUARDED_BY(mu_);
 };
+
+// The activation bytes reported for a model are its workers' contexts' own figure
+// (engine: ExecutionContext::activation_memory), summed, from the end of warmup.
+TEST_F(SchedulerTest, ActivationBytesAreTheSumOverTheWorkersContexts) {
+  inference::ModelConfig config;
+  config.set_max_batch_size(8);
+  WorkerTracker tracker;
+  SchedulerOptions options;
+  options.tracker = &tracker;
+  options.instance_count = 2;
+  options.warmup = {{Tensor(DataType::kFloat32, {8, 4096})},
+                    {Tensor(DataType::kFloat32, {1, 4096})}};
+  auto recorder = std::make_shared<InputRecorder>();
+  options.observer = recorder;
+  auto compiled = Session::Compile(ReluModel(3, 4096), CompileOptions{});
+  ASSERT_TRUE(compiled.ok()) << compiled.status();
+  std::shared_ptr<Session> session(std::move(*compiled));
+  // One context warmed the same way, outside any scheduler: the reference figure.
+  auto ctx = session->NewContext();
+  for (const auto& inputs : options.warmup) {
+    std::vector<Tensor> out;
+    ASSERT_TRUE(session->Warmup(ctx.get(), inputs, &out).ok());
+  }
+  const ExecutionContext::ActivationMemory one = ctx->activation_memory();
+  const int64_t per_context = static_cast<int64_t>(one.arena_bytes + one.cached_bytes);
+  ASSERT_GT(per_context, 0);
+
+  auto sched = ModelScheduler::Start(session, session.get(), config, options);
+  ASSERT_TRUE(sched.ok()) << sched.status();
+  {
+    absl::MutexLock lock(&recorder->mu_);
+    ASSERT_FALSE(recorder->activation_reports.empty());  // reported before Start returned
+    EXPECT_EQ(recorder->activation_reports.back(), 2 * per_context);
+  }
+  (*sched)->Retire();
+  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+}
 
 // A worker concatenates batched inputs into one buffer it reuses from batch to batch,
 // but never while anything still holds the previous batch's inputs: a kept sample
