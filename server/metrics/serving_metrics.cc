@@ -236,8 +236,9 @@ ServingMetrics::ServingMetrics(Options options)
                          "reduced-precision nodes at load; per-node figures are in "
                          "the ModelConfig parameter qs_precision_report.")),
       activation_bytes_(Build(prometheus::BuildGauge(), *registry_, "model_activation_bytes",
-                              "Bytes the model's execution contexts hold for activations "
-                              "between runs (arenas and cached buffers), all instances.")) {}
+                              "Bytes the model's workers hold for activations between runs "
+                              "(arenas, cached buffers, batch input buffers), all "
+                              "instances.")) {}
 
 ServingMetrics::~ServingMetrics() = default;
 

@@ -34,9 +34,10 @@ class InferenceObserver {
   // handles, so keeping them is cheap) and return at once.
   virtual void OnOutputs(const std::vector<Tensor>& inputs,
                          const std::vector<Tensor>& outputs) = 0;
-  // Bytes the scheduler's execution contexts hold for activations between runs (their
-  // run-plan arenas and cached free buffers), summed over its workers: after warmup,
-  // then whenever the sum changes. Calls are serialized.
+  // Bytes the scheduler's workers hold for activations between runs (their contexts'
+  // run-plan arenas and cached free buffers, and the buffers batched inputs are
+  // concatenated into), summed over the workers: after warmup, then whenever the sum
+  // changes. Calls are serialized.
   virtual void OnActivationBytes(int64_t bytes) = 0;
 };
 

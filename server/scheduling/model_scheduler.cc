@@ -256,11 +256,13 @@ std::vector<std::unique_ptr<InferenceRequest>> ModelScheduler::NextBatch() {
 }
 
 void ModelScheduler::ReportActivationBytes(int worker, const ExecutionContext& ctx,
+                                           const std::vector<Tensor>& staging,
                                            int64_t* last) {
   InferenceObserver* observer = options_.observer.get();
   if (observer == nullptr) return;
   const ExecutionContext::ActivationMemory m = ctx.activation_memory();
-  const int64_t bytes = static_cast<int64_t>(m.arena_bytes + m.cached_bytes);
+  int64_t bytes = static_cast<int64_t>(m.arena_bytes + m.cached_bytes);
+  for (const Tensor& t : staging) bytes += static_cast<int64_t>(t.byte_size());
   if (bytes == *last) return;  // the usual case once warm: no lock
   *last = bytes;
   absl::MutexLock lock(&activation_mu_);
@@ -293,11 +295,11 @@ void ModelScheduler::WorkerLoop(int worker, int threads, absl::BlockingCounter* 
       break;
     }
   }
+  std::vector<Tensor> staging;  // Concat's buffers, one per input
   int64_t activation_bytes = -1;
   // Before Start returns: the gauge states the warmed contexts' memory from the start.
-  ReportActivationBytes(worker, *ctx, &activation_bytes);
+  ReportActivationBytes(worker, *ctx, staging, &activation_bytes);
   warmed->DecrementCount();  // `warmed` must not be touched after this line
-  std::vector<Tensor> staging;  // Concat's buffers, one per input
   while (true) {
     auto batch = NextBatch();
     if (batch.empty()) {
@@ -306,7 +308,7 @@ void ModelScheduler::WorkerLoop(int worker, int threads, absl::BlockingCounter* 
       continue;
     }
     Execute(ctx.get(), std::move(batch), &staging);
-    ReportActivationBytes(worker, *ctx, &activation_bytes);
+    ReportActivationBytes(worker, *ctx, staging, &activation_bytes);
   }
 }
 

@@ -83,9 +83,10 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
   ModelScheduler(std::shared_ptr<const void> owner, const Session* session,
                  const inference::ModelConfig& config, const SchedulerOptions& options);
   void WorkerLoop(int worker, int threads, absl::BlockingCounter* warmed);
-  // Tells the observer the workers' activation bytes when worker `worker`'s changed
-  // from `*last` (-1 before its first report).
-  void ReportActivationBytes(int worker, const ExecutionContext& ctx, int64_t* last)
+  // Tells the observer the workers' activation bytes (context and batch staging
+  // buffers) when worker `worker`'s changed from `*last` (-1 before its first report).
+  void ReportActivationBytes(int worker, const ExecutionContext& ctx,
+                             const std::vector<Tensor>& staging, int64_t* last)
       ABSL_LOCKS_EXCLUDED(activation_mu_);
   // Takes the next batch off the queue; empty when retired and drained.
   std::vector<std::unique_ptr<InferenceRequest>> NextBatch() ABSL_LOCKS_EXCLUDED(mu_);

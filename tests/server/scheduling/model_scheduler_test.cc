@@ -265,6 +265,10 @@ TEST_F(SchedulerTest, BatchBufferIsReusedUnlessTheLastBatchIsStillHeld) {
   EXPECT_EQ(recorder->kept.dim(0), 2);
   EXPECT_EQ(recorder->kept.data<float>()[0], 6.f);
   EXPECT_EQ(recorder->kept.data<float>()[4], 7.f);
+  // The staging buffer counts as the model's activation memory: nothing after warmup
+  // (these activations are below the pool's floor), then one buffer for two rows of
+  // four floats once the first pair ran; its replacement is the same size.
+  EXPECT_EQ(recorder->activation_reports, (std::vector<int64_t>{0, 2 * 4 * 4}));
 }
 
 }  // namespace
