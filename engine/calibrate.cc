@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "engine/layout.h"
 #include "engine/log.h"
@@ -149,16 +150,39 @@ absl::StatusOr<std::vector<NodePrecision>> PrecisionReport(const Session& fp32,
                                                   : "FP32";
     report[i].sqnr_db = std::numeric_limits<double>::quiet_NaN();
   }
+  // The node writing each value: a MaxPool inside a u8 chain keeps its input's
+  // quantization, which its producer (a chained INT8 conv) states.
+  absl::flat_hash_map<std::string, size_t> producer;
+  for (size_t i = 0; i < n; ++i) {
+    for (const auto& o : graph.nodes[i].outputs) producer[o] = i;
+  }
+  auto quantized_by = [&](size_t i) -> const Node* {
+    while (true) {
+      const Node& gn = graph.nodes[i];
+      if (gn.attrs.Has(kOutMinAttr)) return &gn;
+      if (gn.op_type != "MaxPool" || gn.inputs.empty()) return nullptr;
+      auto p = producer.find(gn.inputs[0]);
+      if (p == producer.end()) return nullptr;
+      i = p->second;
+    }
+  };
   st = RunWithTap(
       reduced, inputs,
       [&](size_t node, const std::vector<const Tensor*>&, const std::vector<Tensor>& outs) {
         if (outs.empty() || !reference[node].defined()) return;
         Tensor got = ToPlain(outs[0]);
         const Node& gn = graph.nodes[node];
-        if (got.dtype() == DataType::kUInt8 && gn.attrs.Has(kOutMinAttr)) {
-          // A chained INT8 conv: compare its u8 output in real units.
-          const QuantParams q = ComputeU8Params(gn.attrs.GetFloat(kOutMinAttr, 0.f),
-                                                gn.attrs.GetFloat(kOutMaxAttr, 0.f));
+        if (!gn.attrs.Has(kPrecisionAttr)) {
+          // Not reduced itself, yet computed on a narrow tensor where the FP32 plan had
+          // f32: a MaxPool between chained INT8 convs, or after a BF16 stem.
+          if (got.dtype() == DataType::kUInt8) report[node].precision = "INT8";
+          if (got.dtype() == DataType::kBFloat16) report[node].precision = "BF16";
+        }
+        const Node* q_node = got.dtype() == DataType::kUInt8 ? quantized_by(node) : nullptr;
+        if (q_node != nullptr) {
+          // A chained INT8 conv (or a MaxPool on its output): compare in real units.
+          const QuantParams q = ComputeU8Params(q_node->attrs.GetFloat(kOutMinAttr, 0.f),
+                                                q_node->attrs.GetFloat(kOutMaxAttr, 0.f));
           Tensor f = Tensor::Uninitialized(DataType::kFloat32, got.shape());
           DequantizeU8(got.data<uint8_t>(), got.num_elements(), q.scale, q.zero_point,
                        f.data<float>());

@@ -288,10 +288,18 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemAndHeadInBf16) {
     auto q = Session::Compile(*model, o);
     ASSERT_TRUE(q.ok()) << q.status();
     std::map<std::string, std::string> precision;
-    for (const NodePrecision& p : (*q)->precision_report()) precision[p.name] = p.precision;
+    std::map<std::string, double> sqnr;
+    for (const NodePrecision& p : (*q)->precision_report()) {
+      precision[p.name] = p.precision;
+      sqnr[p.name] = p.sqnr_db;
+    }
     EXPECT_EQ(precision["stem"], c.stem);
     EXPECT_EQ(precision["body"], "INT8");
     EXPECT_EQ(precision["y"], c.head);  // the head, producing the graph output
+    EXPECT_EQ(precision["pool"], c.stem);  // the MaxPool runs on what the stem writes
+    if (c.stem != "FP32") {
+      EXPECT_GT(sqnr["pool"], 20.0);  // measured, in real units
+    }
     std::map<std::string, DataType> out_type;
     auto ctx = (*q)->NewContext();
     ctx->set_tap([&](size_t node, const std::vector<const Tensor*>&,
