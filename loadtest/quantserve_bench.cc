@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
   auto proto = qs::LoadOnnxModel(path);
   if (!proto.ok()) return Fail(proto.status());
   if (!absl::GetFlag(FLAGS_calibration).empty()) {
-    auto graph = qs::ImportGraph(*proto);
+    auto graph = qs::ImportSignature(*proto);  // the inputs only: no weight copied
     if (!graph.ok()) return Fail(graph.status());
     auto data = qs::LoadCalibrationData(absl::GetFlag(FLAGS_calibration), graph->inputs, 8,
                                         absl::GetFlag(FLAGS_calibration_samples));

@@ -548,7 +548,9 @@ class ReducedMatMulKernel : public Kernel {
 
   absl::Status Run(KernelRunContext& ctx) const override {
     const Tensor* x = ctx.input(0);
-    if (x == nullptr || x->dtype() != DataType::kFloat32 || x->rank() < 2 ||
+    // Rows of K: a 1-D A (numpy's vector times matrix) is one row, and its output
+    // keeps rank 1 ([N]) as MatMul's does.
+    if (x == nullptr || x->dtype() != DataType::kFloat32 || x->rank() < 1 ||
         x->dim(x->rank() - 1) != k_) {
       return RunError("expected an FP32 input [..., ", k_, "]");
     }

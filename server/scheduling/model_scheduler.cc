@@ -255,13 +255,16 @@ std::vector<std::unique_ptr<InferenceRequest>> ModelScheduler::NextBatch() {
   return batch;
 }
 
-void ModelScheduler::ReportActivationBytes(int worker, const ExecutionContext& ctx,
+void ModelScheduler::ReportActivationBytes(int worker, const ExecutionContext* ctx,
                                            const std::vector<Tensor>& staging,
                                            int64_t* last) {
   InferenceObserver* observer = options_.observer.get();
   if (observer == nullptr) return;
-  const ExecutionContext::ActivationMemory m = ctx.activation_memory();
-  int64_t bytes = static_cast<int64_t>(m.arena_bytes + m.cached_bytes);
+  int64_t bytes = 0;
+  if (ctx != nullptr) {
+    const ExecutionContext::ActivationMemory m = ctx->activation_memory();
+    bytes = static_cast<int64_t>(m.arena_bytes + m.cached_bytes);
+  }
   for (const Tensor& t : staging) bytes += static_cast<int64_t>(t.byte_size());
   if (bytes == *last) return;  // the usual case once warm: no lock
   *last = bytes;
@@ -298,7 +301,7 @@ void ModelScheduler::WorkerLoop(int worker, int threads, absl::BlockingCounter* 
   std::vector<Tensor> staging;  // Concat's buffers, one per input
   int64_t activation_bytes = -1;
   // Before Start returns: the gauge states the warmed contexts' memory from the start.
-  ReportActivationBytes(worker, *ctx, staging, &activation_bytes);
+  ReportActivationBytes(worker, ctx.get(), staging, &activation_bytes);
   warmed->DecrementCount();  // `warmed` must not be touched after this line
   while (true) {
     auto batch = NextBatch();
@@ -308,8 +311,12 @@ void ModelScheduler::WorkerLoop(int worker, int threads, absl::BlockingCounter* 
       continue;
     }
     Execute(ctx.get(), std::move(batch), &staging);
-    ReportActivationBytes(worker, *ctx, staging, &activation_bytes);
+    ReportActivationBytes(worker, ctx.get(), staging, &activation_bytes);
   }
+  // The context and the staging buffers go with this worker.
+  staging.clear();
+  ctx.reset();
+  ReportActivationBytes(worker, nullptr, staging, &activation_bytes);
 }
 
 namespace {

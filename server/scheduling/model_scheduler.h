@@ -85,7 +85,8 @@ class ModelScheduler : public std::enable_shared_from_this<ModelScheduler> {
   void WorkerLoop(int worker, int threads, absl::BlockingCounter* warmed);
   // Tells the observer the workers' activation bytes (context and batch staging
   // buffers) when worker `worker`'s changed from `*last` (-1 before its first report).
-  void ReportActivationBytes(int worker, const ExecutionContext& ctx,
+  // A null `ctx`: the worker is exiting and holds nothing.
+  void ReportActivationBytes(int worker, const ExecutionContext* ctx,
                              const std::vector<Tensor>& staging, int64_t* last)
       ABSL_LOCKS_EXCLUDED(activation_mu_);
   // Takes the next batch off the queue; empty when retired and drained.

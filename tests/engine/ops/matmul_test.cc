@@ -469,6 +469,38 @@ TEST(MatMulTest, PlansAreCachedPerShapeInOneContext) {
   }
 }
 
+// A 1-D A (a vector times the constant matrix) at every reduced precision, read by
+// another MatMul and as the node producing the output (the head, which INT8 runs in
+// BF16): the reduced kernels take it as one row and keep the output 1-D.
+TEST(MatMulTest, VectorTimesMatrixAtEveryPrecision) {
+  Tensor w1 = Filled({6, 5}, 21), w2 = Filled({5, 3}, 22), a = Filled({6}, 23);
+  ModelBuilder mb;
+  mb.Input("a", {6});
+  mb.Constant("w1", w1);
+  mb.Constant("w2", w2);
+  mb.Node("MatMul", {"a", "w1"}, {"h"});
+  mb.Node("MatMul", {"h", "w2"}, {"y"});
+  mb.Output("y");
+  const Tensor h = NaiveBatchedMatMul(a.Reshaped({1, 6}), w1);
+  const Tensor want = NaiveBatchedMatMul(h, w2);
+  for (Precision p : {Precision::kInt8, Precision::kDynamicRange, Precision::kBF16}) {
+    SCOPED_TRACE(PrecisionName(p));
+    CompileOptions o;
+    o.precision = p;
+    o.calibration = {{a}};
+    auto session = Session::Compile(mb.model(), o);
+    ASSERT_TRUE(session.ok()) << session.status();
+    std::vector<Tensor> out;
+    absl::Status st = (*session)->Run((*session)->NewContext().get(), {a}, &out);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_EQ(out[0].num_elements(), 3);
+    for (int j = 0; j < 3; ++j) {
+      EXPECT_NEAR(out[0].data<float>()[j], want.data<float>()[j],
+                  0.05f * (1.f + std::fabs(want.data<float>()[j])));
+    }
+  }
+}
+
 // Plans built and run on several threads at once, each batch size creating its own
 // primitives, keep their fused ReLU. oneDNN's process-wide primitive cache is off after
 // the first Compile: emptying it while other threads created primitives (the daemon did
