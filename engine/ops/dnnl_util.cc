@@ -152,6 +152,12 @@ dnnl::memory WrapTensor(const dnnl::memory::desc& md, const Tensor& t,
   return dnnl::memory(md, engine, const_cast<void*>(t.raw_data()));
 }
 
+void PackedWeights::DropUnheldLocked() const {
+  packed_.erase(std::remove_if(packed_.begin(), packed_.end(),
+                               [](const Entry& e) { return e.buffer.unique(); }),
+                packed_.end());
+}
+
 int64_t PackedWeights::packed_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   int64_t bytes = 0;
@@ -169,9 +175,10 @@ dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md, DnnlResourc
   }
   for (const Entry& e : packed_) {
     if (e.md == packed_md) {
-      *owner = e.buffer;
-      return dnnl::memory(packed_md, dnnl->engine,
-                          const_cast<void*>(e.buffer.raw_data()));
+      *owner = e.buffer;  // held now, so it stays
+      dnnl::memory m(packed_md, dnnl->engine, const_cast<void*>(e.buffer.raw_data()));
+      DropUnheldLocked();
+      return m;
     }
   }
   // A byte tensor as the owner: 64-byte aligned, and shared by reference counting.
@@ -189,11 +196,9 @@ dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md, DnnlResourc
   dnnl::memory dst(packed_md, dnnl->engine, buffer.raw_data());
   dnnl::reorder(src, dst).execute(dnnl->stream, src, dst);
   dnnl->stream.wait();
-  // Layouts only this object still holds go (their plans are gone); the new one stays
-  // and is the source of later reorders once the unpacked copy is released.
-  packed_.erase(std::remove_if(packed_.begin(), packed_.end(),
-                               [](const Entry& e) { return e.buffer.unique(); }),
-                packed_.end());
+  // The new layout stays (and is the source of later reorders once the unpacked copy
+  // is released); the ones no plan holds any more go.
+  DropUnheldLocked();
   packed_.push_back({packed_md, buffer});
   *owner = std::move(buffer);
   if (release_unpacked_ && !wrapped_) weights_ = Tensor();

@@ -143,9 +143,9 @@ class PackedWeights {
   // Memory holding the weights in layout `packed_md`, packing them if no plan holds this
   // layout now. Returns the unpacked constant itself when the layouts match. `*owner`
   // receives a reference to the bytes: the caller keeps it as long as it uses the
-  // memory. Packing a new layout drops the layouts nobody else holds any more (the
-  // precision report's first-choice kernels and the warmup's timed ones may want
-  // different layouts of the same weights; only the serving plans' stay).
+  // memory. Every packed-layout request drops the layouts nobody else holds any more
+  // (plans that went: the precision report's first-choice kernels, a shape cache's
+  // evictions); the one requested, and one source for later reorders, always stay.
   dnnl::memory Get(const dnnl::memory::desc& packed_md, DnnlResources* dnnl,
                    Tensor* owner) const;
   // Bytes held in packed layouts (for tests and accounting).
@@ -156,6 +156,9 @@ class PackedWeights {
     dnnl::memory::desc md;
     Tensor buffer;  // owns the packed bytes (64-byte aligned)
   };
+  // Erases the entries whose buffer only packed_ holds. Called with mu_ held, once the
+  // entry being handed out is held by its caller.
+  void DropUnheldLocked() const;
   mutable Tensor weights_;  // guarded by mu_ once packing starts
   dnnl::memory::desc user_md_;
   int64_t bytes_ = 0;

@@ -83,8 +83,8 @@ TEST(PackedWeightsTest, EveryLayoutHoldsTheWeightsAfterTheRelease) {
 }
 
 // A layout stays while a plan holds it, is shared by every plan asking for it, and goes
-// once nobody holds it and another layout is packed (the report's first-choice kernels
-// and the warmup's timed ones may want different layouts of the same weights).
+// at the next request once nobody holds it (the report's first-choice kernels and the
+// warmup's timed ones may want different layouts of the same weights).
 TEST(PackedWeightsTest, LayoutsNobodyHoldsAreDroppedWhenAnotherIsPacked) {
   DnnlResources dnnl;
   Tensor w = Tensor::Uninitialized(DataType::kInt8, {64, 16, 3, 3});
@@ -109,14 +109,18 @@ TEST(PackedWeightsTest, LayoutsNobodyHoldsAreDroppedWhenAnotherIsPacked) {
   EXPECT_EQ(packed.packed_bytes(), 2 * one);
 
   report_owner = Tensor();  // the report's plan is gone
+  Tensor plan2b;
+  packed.Get(b, &dnnl, &plan2b);              // a lookup also drops what nobody holds
+  EXPECT_EQ(packed.packed_bytes(), one);      // b only
   Tensor plan3;
-  dnnl::memory m_c = packed.Get(c, &dnnl, &plan3);  // reordered, then `a` dropped
+  dnnl::memory m_c = packed.Get(c, &dnnl, &plan3);  // reordered from b
   EXPECT_EQ(packed.packed_bytes(), 2 * one);        // b and c
   EXPECT_EQ(Unpack(m_b, &dnnl), want);
   EXPECT_EQ(Unpack(m_c, &dnnl), want);
 
   plan1 = Tensor();
   plan2 = Tensor();
+  plan2b = Tensor();
   plan3 = Tensor();
   Tensor plan4;
   dnnl::memory m_a2 = packed.Get(a, &dnnl, &plan4);  // from a dropped layout: kept one
