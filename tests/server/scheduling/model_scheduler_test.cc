@@ -70,7 +70,21 @@ class SchedulerTest : public ::testing::Test {
     return r;
   }
 
+  // Options whose workers the fixture's tracker counts (see RetireAndWait).
+  SchedulerOptions TrackedOptions(int instances = 1) {
+    SchedulerOptions o;
+    o.tracker = &tracker_;
+    o.instance_count = instances;
+    return o;
+  }
+  // Retires `sched`; true once every worker has exited.
+  bool RetireAndWait(ModelScheduler* sched) {
+    sched->Retire();
+    return tracker_.WaitForAll(absl::Now() + absl::Seconds(30));
+  }
+
   std::shared_ptr<Session> session_;
+  WorkerTracker tracker_;
   absl::Mutex mu_;
   std::vector<int> order_ ABSL_GUARDED_BY(mu_);
 };
@@ -80,9 +94,7 @@ TEST_F(SchedulerTest, HigherPriorityLevelsRunFirstFifoWithinALevel) {
   config.set_max_batch_size(1);  // one request per execution: the order is visible
   config.mutable_dynamic_batching()->set_priority_levels(3);
   config.mutable_dynamic_batching()->set_default_priority_level(2);
-  WorkerTracker tracker;
-  SchedulerOptions options;
-  options.tracker = &tracker;
+  SchedulerOptions options = TrackedOptions();
   auto sched = ModelScheduler::Start(session_, session_.get(), config, options);
   ASSERT_TRUE(sched.ok()) << sched.status();
 
@@ -100,8 +112,7 @@ TEST_F(SchedulerTest, HigherPriorityLevelsRunFirstFifoWithinALevel) {
   ASSERT_TRUE((*sched)->Enqueue(Request(5, 2, nullptr)).ok());  // level 2, after 3
   ASSERT_TRUE((*sched)->Enqueue(Request(6, 99, nullptr)).ok());  // clamped to 3, after 2
   release.Notify();
-  (*sched)->Retire();
-  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+  ASSERT_TRUE(RetireAndWait(sched->get()));
   absl::MutexLock lock(&mu_);
   EXPECT_EQ(order_, (std::vector<int>{1, 4, 3, 5, 2, 6}));
 }
@@ -109,9 +120,7 @@ TEST_F(SchedulerTest, HigherPriorityLevelsRunFirstFifoWithinALevel) {
 TEST_F(SchedulerTest, WithoutLevelsTheQueueIsFifo) {
   inference::ModelConfig config;
   config.set_max_batch_size(1);
-  WorkerTracker tracker;
-  SchedulerOptions options;
-  options.tracker = &tracker;
+  SchedulerOptions options = TrackedOptions();
   auto sched = ModelScheduler::Start(session_, session_.get(), config, options);
   ASSERT_TRUE(sched.ok()) << sched.status();
   absl::Notification first_running, release;
@@ -125,8 +134,7 @@ TEST_F(SchedulerTest, WithoutLevelsTheQueueIsFifo) {
   ASSERT_TRUE((*sched)->Enqueue(Request(2, 3, nullptr)).ok());
   ASSERT_TRUE((*sched)->Enqueue(Request(3, 1, nullptr)).ok());
   release.Notify();
-  (*sched)->Retire();
-  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+  ASSERT_TRUE(RetireAndWait(sched->get()));
   absl::MutexLock lock(&mu_);
   EXPECT_EQ(order_, (std::vector<int>{1, 2, 3}));
 }
@@ -134,10 +142,7 @@ TEST_F(SchedulerTest, WithoutLevelsTheQueueIsFifo) {
 TEST_F(SchedulerTest, WarmupInputsAreReleasedOnceTheWorkersHaveRunThem) {
   inference::ModelConfig config;
   config.set_max_batch_size(8);
-  WorkerTracker tracker;
-  SchedulerOptions options;
-  options.tracker = &tracker;
-  options.instance_count = 2;
+  SchedulerOptions options = TrackedOptions(2);
   Tensor probe(DataType::kFloat32, {8, 4});
   options.warmup = {{probe}};
   auto sched = ModelScheduler::Start(session_, session_.get(), config, options);
@@ -145,8 +150,7 @@ TEST_F(SchedulerTest, WarmupInputsAreReleasedOnceTheWorkersHaveRunThem) {
   options.warmup.clear();
   // Only `probe` is left holding the buffer: the scheduler kept no copy of the set.
   EXPECT_TRUE(probe.unique());
-  (*sched)->Retire();
-  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+  ASSERT_TRUE(RetireAndWait(sched->get()));
 }
 
 // Records where each batched execution's first input lives, and keeps the inputs of
@@ -180,10 +184,7 @@ class InputRecorder : public InferenceObserver {
 TEST_F(SchedulerTest, ActivationBytesAreTheSumOverTheWorkersContexts) {
   inference::ModelConfig config;
   config.set_max_batch_size(8);
-  WorkerTracker tracker;
-  SchedulerOptions options;
-  options.tracker = &tracker;
-  options.instance_count = 2;
+  SchedulerOptions options = TrackedOptions(2);
   options.warmup = {{Tensor(DataType::kFloat32, {8, 4096})},
                     {Tensor(DataType::kFloat32, {1, 4096})}};
   auto recorder = std::make_shared<InputRecorder>();
@@ -208,8 +209,7 @@ TEST_F(SchedulerTest, ActivationBytesAreTheSumOverTheWorkersContexts) {
     ASSERT_FALSE(recorder->activation_reports.empty());  // reported before Start returned
     EXPECT_EQ(recorder->activation_reports.back(), 2 * per_context);
   }
-  (*sched)->Retire();
-  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+  ASSERT_TRUE(RetireAndWait(sched->get()));
   absl::MutexLock lock(&recorder->mu_);
   EXPECT_EQ(recorder->activation_reports.back(), 0);  // both workers exited
 }
@@ -222,9 +222,7 @@ TEST_F(SchedulerTest, BatchBufferIsReusedUnlessTheLastBatchIsStillHeld) {
   inference::ModelConfig config;
   config.set_max_batch_size(8);
   config.mutable_dynamic_batching();
-  WorkerTracker tracker;
-  SchedulerOptions options;
-  options.tracker = &tracker;
+  SchedulerOptions options = TrackedOptions();
   auto recorder = std::make_shared<InputRecorder>();
   options.observer = recorder;
   auto sched = ModelScheduler::Start(session_, session_.get(), config, options);
@@ -251,8 +249,7 @@ TEST_F(SchedulerTest, BatchBufferIsReusedUnlessTheLastBatchIsStillHeld) {
   }
   running[kBatches - 1].WaitForNotification();
   release[kBatches - 1].Notify();
-  (*sched)->Retire();
-  ASSERT_TRUE(tracker.WaitForAll(absl::Now() + absl::Seconds(30)));
+  ASSERT_TRUE(RetireAndWait(sched->get()));
 
   {
     absl::MutexLock lock(&mu_);
