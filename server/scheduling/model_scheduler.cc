@@ -55,7 +55,8 @@ ModelScheduler::ModelScheduler(std::shared_ptr<const void> owner, const Session*
           config.dynamic_batching().default_queue_policy().default_timeout_microseconds())),
       priority_levels_(config.dynamic_batching().priority_levels()),
       default_priority_level_(config.dynamic_batching().default_priority_level()),
-      options_(options) {
+      options_(options),
+      worker_activation_bytes_(static_cast<size_t>(std::max(1, options.instance_count)), 0) {
   for (int p : config.dynamic_batching().preferred_batch_size()) {
     if (p > 0 && p <= std::max(1, max_batch_size_)) preferred_.push_back(p);
   }
@@ -69,10 +70,6 @@ absl::StatusOr<std::shared_ptr<ModelScheduler>> ModelScheduler::Start(
       new ModelScheduler(std::move(owner), session, config, options));
   const int count = std::max(1, options.instance_count);
   absl::BlockingCounter warmed(count);
-  {
-    absl::MutexLock lock(&s->activation_mu_);
-    s->worker_activation_bytes_.assign(static_cast<size_t>(count), 0);
-  }
   for (int i = 0; i < count; ++i) {
     if (options.tracker) options.tracker->Add();
     // Each worker holds a reference: the scheduler lives until every worker exits.
