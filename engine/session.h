@@ -49,7 +49,9 @@ struct CompileOptions {
   // By default the layers that produce a graph output (the classifier head) and
   // convolutions over fewer than 4 input channels (the image stem) stay FP32 (INT8 plans
   // may run the stem in BF16, see int8_stem_in_bf16): they are the most sensitive to
-  // rounding and a small share of the operations.
+  // rounding and a small share of the operations. So do depthwise convolutions, except
+  // at INT8, and, at BF16, convolutions with at most 32 input or output channels (no
+  // faster in bf16, and early in the network, where later layers amplify rounding).
   bool disable_default_exclusions = false;
   // INT8 plans run the image stem in BF16 instead of FP32 where the CPU computes bf16
   // natively: it costs no measurable accuracy (its error stays ~20 dB below int8's)

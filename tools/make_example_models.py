@@ -48,7 +48,9 @@ Layout written under DIR:
                            the 1-channel stem conv and the output Gemm run int8
                            too (by default they stay FP32)
   DIR/digits_cnn_int8/calibration/image.npy   float32 [128, 1, 8, 8]
-  DIR/digits_cnn_bf16/     BF16
+  DIR/digits_cnn_bf16/     BF16, disable_default_exclusions: true: both convs
+                           and the Gemm run in BF16 (by default this model's
+                           narrow convs and its head stay FP32)
 
   The calibration samples are the first 128 of the training split (never the
   held-out samples in testdata/).
@@ -507,6 +509,9 @@ quantization {
     ("digits_cnn_bf16", "digits_cnn", None, """\
 quantization {
   precision: BF16
+  # By default a BF16 plan keeps convs of at most 32 channels (all of this
+  # model's) and the output head in FP32.
+  disable_default_exclusions: true
 }
 """),
 )

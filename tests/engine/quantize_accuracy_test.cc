@@ -22,9 +22,9 @@
 //   FP32 plan's; the bound applies to the minimum over the samples (the mean is printed
 //   too): >= 0.999 for FP16/BF16, >= 0.99 for INT8 and DYNAMIC_RANGE. BF16 must also be
 //   at least as close to FP32 as PyTorch's own BF16 inference (autocast; the fixture's
-//   b4/bf16 outputs) on the fixture's batch-4 inputs, or above 0.9999; on mobilenet_v2
-//   that is its bound, since 0.999 is out of reach there (PyTorch: 0.994). INT8 on
-//   mobilenet_v2: >= 0.976, ONNX Runtime's own static int8 of that architecture.
+//   b4/bf16 outputs) on the fixture's batch-4 inputs, or above 0.9999. INT8 and
+//   DYNAMIC_RANGE on mobilenet_v2: >= 0.976, ONNX Runtime's own static int8 of that
+//   architecture.
 //   Memory: resnet18 INT8 with disable_default_exclusions: weight_bytes <= 0.27 x
 //   fp32_weight_bytes; FP16: stored_weight_bytes within [0.48, 0.52] x fp32_weight_bytes.
 //
@@ -443,11 +443,10 @@ TEST_P(ExportCosineTest, CosineVsFp32WithinBounds) {
     // 1.5-3 dB per block (rounding only its FP32 input to BF16 already gives 0.9994).
     const bool mobilenet = name == "mobilenet_v2";
     const double bound = IsInt(v.precision) ? (mobilenet ? 0.976 : 0.99) : 0.999;
-    // Enforced on the default configuration. BF16 on MobileNetV2 (0.9978) misses 0.999:
-    // PyTorch's own BF16 of this network reaches only 0.994, and BF16 is held instead to
-    // beating that (below).
-    const bool enforce = !v.disable_default_exclusions &&
-                         !(mobilenet && v.precision == Precision::kBF16);
+    // Enforced on the default configuration. (BF16 on MobileNetV2 meets 0.999 because its
+    // convs of at most 32 channels stay FP32 by default: 0.9999 against 0.9957 with every
+    // conv in BF16, which is still closer than PyTorch's own BF16 of this network, 0.994.)
+    const bool enforce = !v.disable_default_exclusions;
     const PlanStats st = (*s)->stats();
     for (size_t o = 0; o < out->size(); ++o) {
       const std::string& oname = (*s)->outputs()[o].name;

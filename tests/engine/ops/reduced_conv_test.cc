@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/onnx_import.h"
 #include "engine/ops/dnnl_util.h"
 #include "engine/session.h"
@@ -32,6 +33,10 @@ void AddConv(ModelBuilder* b, const std::string& x, const std::string& y, int64_
   SetInts(n, "pads", {k / 2, k / 2, k / 2, k / 2});
 }
 
+// Channels of the test networks' inner convs: wider than the 32 up to which BF16 keeps
+// a conv in FP32 by default (assign_precision.cc, IsNarrowConv).
+constexpr int64_t kWidth = 48;
+
 // x -A-> relu, maxpool t1 -B(+t1)-> relu t2 -D-> d (signed, read only as a residual)
 //                               t2 -C(+d)-> relu t3 -F(+t3)-> f -E-> y (head)
 // B: u8 residual into a u8 output (same tensor as its input 0); C: a signed u8
@@ -41,22 +46,22 @@ onnx::ModelProto ResidualNet() {
   ModelBuilder b;
   b.Input("x", {-1, 8, 12, 12});
   b.Output("y");
-  AddConv(&b, "x", "a", 8, 16, 3, 10);
+  AddConv(&b, "x", "a", 8, kWidth, 3, 10);
   b.Node("Relu", {"a"}, {"t0"});
   auto* pool = b.Node("MaxPool", {"t0"}, {"t1"});
   pool->set_name("pool");
   SetInts(pool, "kernel_shape", {3, 3});
   SetInts(pool, "pads", {1, 1, 1, 1});
-  AddConv(&b, "t1", "bconv", 16, 16, 1, 20);
+  AddConv(&b, "t1", "bconv", kWidth, kWidth, 1, 20);
   b.Node("Add", {"bconv", "t1"}, {"bsum"});
   b.Node("Relu", {"bsum"}, {"t2"});
-  AddConv(&b, "t2", "d", 16, 16, 1, 30);
-  AddConv(&b, "t2", "cconv", 16, 16, 3, 40);
+  AddConv(&b, "t2", "d", kWidth, kWidth, 1, 30);
+  AddConv(&b, "t2", "cconv", kWidth, kWidth, 3, 40);
   b.Node("Add", {"cconv", "d"}, {"csum"});
   b.Node("Relu", {"csum"}, {"t3"});
-  AddConv(&b, "t3", "fconv", 16, 16, 1, 50);
+  AddConv(&b, "t3", "fconv", kWidth, kWidth, 1, 50);
   b.Node("Add", {"t3", "fconv"}, {"f"});
-  AddConv(&b, "f", "y", 16, 4, 1, 60);
+  AddConv(&b, "f", "y", kWidth, 4, 1, 60);
   return b.model();
 }
 
@@ -75,6 +80,7 @@ double Cosine(const Tensor& want, const Tensor& got) {
 struct Compared {
   double cosine = 0, max_rel_err = 0;
   std::vector<std::string> narrow_outputs;  // nodes whose output travelled as u8/bf16
+  std::vector<std::string> reduced;         // nodes the report lists at INT8 or BF16
 };
 
 // x -A-> relu t -P-> p; p is read by an FP32 Sigmoid first and by the BF16/INT8 conv Q
@@ -83,13 +89,13 @@ onnx::ModelProto MixedReaders() {
   ModelBuilder b;
   b.Input("x", {-1, 8, 12, 12});
   b.Output("y");
-  AddConv(&b, "x", "a", 8, 16, 3, 10);
+  AddConv(&b, "x", "a", 8, kWidth, 3, 10);
   b.Node("Relu", {"a"}, {"t"});
-  AddConv(&b, "t", "p", 16, 16, 1, 20);
+  AddConv(&b, "t", "p", kWidth, kWidth, 1, 20);
   b.Node("Sigmoid", {"p"}, {"s"});
-  AddConv(&b, "p", "q", 16, 16, 3, 30);
+  AddConv(&b, "p", "q", kWidth, kWidth, 3, 30);
   b.Node("Add", {"q", "s"}, {"qs"});
-  AddConv(&b, "qs", "y", 16, 4, 1, 40);
+  AddConv(&b, "qs", "y", kWidth, 4, 1, 40);
   return b.model();
 }
 
@@ -130,6 +136,9 @@ Compared CompileAndCompare(Precision precision, onnx::ModelProto built = Residua
       r.narrow_outputs.push_back((*q)->precision_report()[node].name);
     }
   });
+  for (const NodePrecision& n : (*q)->precision_report()) {
+    if (n.precision != "FP32") r.reduced.push_back(n.name);
+  }
   absl::Status st = (*q)->Run(c2.get(), {x}, &got);
   EXPECT_TRUE(st.ok()) << st;
   if (!st.ok()) return r;
@@ -162,6 +171,8 @@ TEST(ReducedConvTest, Bf16ResidualChainMatchesFp32) {
   EXPECT_LE(r.max_rel_err, 0.02);
   // BF16 does not pass through the MaxPool (it runs in f32).
   EXPECT_EQ(r.narrow_outputs, (std::vector<std::string>{"bconv", "d", "cconv"}));
+  // A (8 input channels) and the head stay FP32 by default.
+  EXPECT_EQ(r.reduced, (std::vector<std::string>{"bconv", "d", "cconv", "fconv"}));
 }
 
 TEST(ReducedConvTest, ConvReadByAnFp32OpKeepsWritingFp32) {
@@ -170,6 +181,7 @@ TEST(ReducedConvTest, ConvReadByAnFp32OpKeepsWritingFp32) {
     const Compared r = CompileAndCompare(p, MixedReaders());
     EXPECT_GE(r.cosine, 0.999);
     for (const std::string& n : r.narrow_outputs) EXPECT_NE(n, "p");
+    EXPECT_NE(std::find(r.reduced.begin(), r.reduced.end(), "p"), r.reduced.end());
   }
 }
 
@@ -181,12 +193,12 @@ TEST(ReducedConvTest, LargeMapsMatchFp32AtEveryPrecision) {
   b.Input("x", {-1, 16, 64, 64});
   b.Output("y");
   // x -A-> relu -B-> relu -Y-> y: Y is the head (kept FP32 by default), so B writes f32
-  // (2 MiB at batch 4) from an unsigned input: the INT8 kernels with a choice.
-  AddConv(&b, "x", "a", 16, 32, 3, 70);
+  // (3 MiB at batch 4) from an unsigned input: the INT8 kernels with a choice.
+  AddConv(&b, "x", "a", 16, kWidth, 3, 70);
   b.Node("Relu", {"a"}, {"r"});
-  AddConv(&b, "r", "bconv", 32, 32, 3, 74);
+  AddConv(&b, "r", "bconv", kWidth, kWidth, 3, 74);
   b.Node("Relu", {"bconv"}, {"r2"});
-  AddConv(&b, "r2", "y", 32, 32, 3, 71);
+  AddConv(&b, "r2", "y", kWidth, 32, 3, 71);
   auto model = AsModelFile(b.model(), "large_maps", {32, 64, 64});
   ASSERT_TRUE(model.ok()) << model.status();
   const Tensor calib = Gaussian({4, 16, 64, 64}, 1.f, 72);
@@ -199,6 +211,11 @@ TEST(ReducedConvTest, LargeMapsMatchFp32AtEveryPrecision) {
     o.calibration = {{calib}};
     auto q = Session::Compile(*model, o);
     ASSERT_TRUE(q.ok()) << q.status();
+    for (const NodePrecision& n : (*q)->precision_report()) {
+      if (n.name == "bconv") {
+        EXPECT_NE(n.precision, "FP32");  // the reduced kernel runs
+      }
+    }
     auto c1 = (*fp32)->NewContext();
     auto c2 = (*q)->NewContext();
     for (int64_t batch : {1, 4}) {  // outputs of 0.5 and 2 MiB (f32)
@@ -221,11 +238,11 @@ TEST(ReducedConvTest, BiasDominatedOutputsMatchFp32) {
   b.Input("x", {-1, 8, 12, 12});
   b.Output("y");
   // x -A-> relu -B-> relu -Y-> y: A writes u8 for B; B writes f32 for the FP32 head Y.
-  AddConv(&b, "x", "a", 8, 16, 3, 80, 0.1f, 1.f);
+  AddConv(&b, "x", "a", 8, kWidth, 3, 80, 0.1f, 1.f);
   b.Node("Relu", {"a"}, {"r"});
-  AddConv(&b, "r", "bconv", 16, 16, 1, 82, 0.1f, 1.f);
+  AddConv(&b, "r", "bconv", kWidth, kWidth, 1, 82, 0.1f, 1.f);
   b.Node("Relu", {"bconv"}, {"r2"});
-  AddConv(&b, "r2", "y", 16, 4, 1, 84);
+  AddConv(&b, "r2", "y", kWidth, 4, 1, 84);
   const Compared r1 = CompileAndCompare(Precision::kInt8, b.model());
   EXPECT_GE(r1.cosine, 0.999);
   EXPECT_LE(r1.max_rel_err, 0.02);
@@ -234,6 +251,8 @@ TEST(ReducedConvTest, BiasDominatedOutputsMatchFp32) {
   const Compared r2 = CompileAndCompare(Precision::kBF16, b.model());
   EXPECT_GE(r2.cosine, 0.9999);
   EXPECT_LE(r2.max_rel_err, 0.01);
+  // Only B runs in BF16 (A's 8 input channels keep it FP32), and writes f32 for the head.
+  EXPECT_EQ(r2.reduced, std::vector<std::string>{"bconv"});
 }
 
 // The image stem (a conv over 3 channels) and the head (the conv producing the graph
@@ -386,6 +405,47 @@ TEST(ReducedConvTest, ImageStemThatIsTheHeadFollowsTheHeadOption) {
     std::vector<Tensor> got;
     ASSERT_TRUE((*q)->Run((*q)->NewContext().get(), {x}, &got).ok());
     EXPECT_EQ(got[0].dtype(), DataType::kFloat32);
+  }
+}
+
+// BF16 keeps convs with at most 32 input or output channels in FP32 by default (they
+// gain no time and sit early, where later layers amplify their rounding); INT8 and
+// DYNAMIC_RANGE quantize them, and so does BF16 with the default exclusions disabled.
+TEST(ReducedConvTest, Bf16KeepsNarrowConvsInFp32) {
+  ModelBuilder b;
+  b.Input("x", {-1, 32, 8, 8});
+  b.Output("y");
+  AddConv(&b, "x", "in32", 32, 64, 1, 90);     // 32 inputs: narrow
+  AddConv(&b, "in32", "wide", 64, 33, 3, 91);  // 64 -> 33: wide
+  AddConv(&b, "wide", "out32", 33, 32, 1, 92);  // 32 outputs: narrow
+  AddConv(&b, "out32", "y", 32, 64, 1, 93);    // the head
+  const std::vector<std::string> all = {"in32", "wide", "out32"};
+  // The INT8 head runs in BF16 where the CPU computes bf16 natively (int8_head_in_bf16).
+  std::vector<std::string> int8 = all;
+  if (HasNativeBf16()) int8.push_back("y");
+  struct Case {
+    Precision precision;
+    bool disable_default_exclusions;
+    std::vector<std::string> reduced;
+  };
+  for (const Case& c : {Case{Precision::kBF16, false, {"wide"}},
+                        Case{Precision::kBF16, true, {"in32", "wide", "out32", "y"}},
+                        Case{Precision::kInt8, false, int8},
+                        Case{Precision::kDynamicRange, false, all}}) {
+    SCOPED_TRACE(absl::StrCat(static_cast<int>(c.precision), " ", c.disable_default_exclusions));
+    auto model = AsModelFile(b.model(), "narrow", {64, 8, 8});
+    ASSERT_TRUE(model.ok()) << model.status();
+    CompileOptions o;
+    o.precision = c.precision;
+    o.disable_default_exclusions = c.disable_default_exclusions;
+    o.calibration = {{Gaussian({2, 32, 8, 8}, 1.f, 94)}};
+    auto q = Session::Compile(*model, o);
+    ASSERT_TRUE(q.ok()) << q.status();
+    std::vector<std::string> reduced;
+    for (const NodePrecision& n : (*q)->precision_report()) {
+      if (n.precision != "FP32") reduced.push_back(n.name);
+    }
+    EXPECT_EQ(reduced, c.reduced);
   }
 }
 
