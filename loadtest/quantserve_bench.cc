@@ -44,8 +44,9 @@ ABSL_FLAG(double, calibration_percentile, 99.999, "Percentile for --calibration_
 ABSL_FLAG(int, calibration_samples, 64, "Calibration samples used at most (0 = all).");
 ABSL_FLAG(bool, int8_stem_bf16, true,
           "INT8: run the image stem in BF16 (CPUs with native bf16) instead of FP32.");
-ABSL_FLAG(bool, int8_head_bf16, true,
-          "INT8: run the output head in BF16 (CPUs with native bf16) instead of FP32.");
+ABSL_FLAG(std::string, int8_head, "dynamic_range",
+          "INT8: what the output head runs at: dynamic_range | bf16 (CPUs with native "
+          "bf16; FP32 elsewhere) | fp32.");
 ABSL_FLAG(bool, no_default_exclusions, false,
           "Quantize the output head, image stem and depthwise convolutions too.");
 ABSL_FLAG(std::vector<std::string>, exclude_op_types, {}, "Op types kept in FP32.");
@@ -94,7 +95,18 @@ int main(int argc, char** argv) {
   }
   options.disable_default_exclusions = absl::GetFlag(FLAGS_no_default_exclusions);
   options.int8_stem_in_bf16 = absl::GetFlag(FLAGS_int8_stem_bf16);
-  options.int8_head_in_bf16 = absl::GetFlag(FLAGS_int8_head_bf16);
+  const std::string head = absl::GetFlag(FLAGS_int8_head);
+  using Head = qs::CompileOptions::Int8Head;
+  if (head == "dynamic_range") {
+    options.int8_head = Head::kDynamicRange;
+  } else if (head == "bf16") {
+    options.int8_head = Head::kBf16;
+  } else if (head == "fp32") {
+    options.int8_head = Head::kFp32;
+  } else {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--int8_head must be dynamic_range, bf16 or fp32, not \"", head, "\"")));
+  }
   options.exclude_op_types = absl::GetFlag(FLAGS_exclude_op_types);
   options.exclude_nodes = absl::GetFlag(FLAGS_exclude_nodes);
   const absl::Time load_start = absl::Now();

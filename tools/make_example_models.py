@@ -46,7 +46,8 @@ Layout written under DIR:
   DIR/digits_cnn_int8/     INT8, calibration { data_dir: "calibration"
                            method: ENTROPY }, disable_default_exclusions: true:
                            the 1-channel stem conv and the output Gemm run int8
-                           too (by default they stay FP32)
+                           too (by default the stem runs in BF16 and the Gemm
+                           at DYNAMIC_RANGE)
   DIR/digits_cnn_int8/calibration/image.npy   float32 [128, 1, 8, 8]
   DIR/digits_cnn_bf16/     BF16, disable_default_exclusions: true: both convs
                            and the Gemm run in BF16 (by default this model's

@@ -239,12 +239,18 @@ absl::Status AssignPrecision(const CompileOptions& options,
     if (ex_ops.count(node.op_type) || ex_nodes.count(node.name)) continue;
     if (!options.disable_default_exclusions &&
         DefaultExcluded(node, *graph, graph_outputs, options.precision)) {
+      if (options.precision != Precision::kInt8) continue;
+      // INT8 plans run the head and the stem at a precision of their own (the head rule
+      // wins for a stem that is also the head).
+      using Head = CompileOptions::Int8Head;
       const bool head = graph_outputs.count(node.outputs[0]) > 0;
-      const bool bf16 = head ? options.int8_head_in_bf16
-                             : IsImageStem(node, *graph) && options.int8_stem_in_bf16;
-      if (bf16 && options.precision == Precision::kInt8 && HasNativeBf16()) {
-        node.attrs.SetString(kPrecisionAttr, kPrecisionBf16);
+      if (head && options.int8_head == Head::kDynamicRange) {
+        node.attrs.SetString(kPrecisionAttr, kPrecisionDynamic);
+        continue;
       }
+      const bool bf16 = head ? options.int8_head == Head::kBf16
+                             : IsImageStem(node, *graph) && options.int8_stem_in_bf16;
+      if (bf16 && HasNativeBf16()) node.attrs.SetString(kPrecisionAttr, kPrecisionBf16);
       continue;
     }
     if (options.precision == Precision::kInt8) {

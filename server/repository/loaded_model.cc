@@ -225,7 +225,7 @@ absl::StatusOr<std::shared_ptr<LoadedModel>> LoadedModel::Load(ModelLoadRequest 
   options.exclude_nodes.assign(q.exclude_nodes().begin(), q.exclude_nodes().end());
   options.disable_default_exclusions = q.disable_default_exclusions();
   options.int8_stem_in_bf16 = !q.int8_stem_fp32();
-  options.int8_head_in_bf16 = !q.int8_head_fp32();
+  if (q.int8_head_fp32()) options.int8_head = qs::CompileOptions::Int8Head::kFp32;
 
   const bool uses_calibration = options.precision == Precision::kInt8 ||
                                 options.precision == Precision::kDynamicRange ||

@@ -9,6 +9,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -255,13 +256,13 @@ TEST(ReducedConvTest, BiasDominatedOutputsMatchFp32) {
   EXPECT_EQ(r2.reduced, std::vector<std::string>{"bconv"});
 }
 
-// The image stem (a conv over 3 channels) and the head (the conv producing the graph
-// output) of an INT8 plan run in BF16 where the CPU computes bf16 natively, in FP32
-// elsewhere, when their option is off, or when the user names them; with the default
-// exclusions disabled they are INT8 like the rest. A BF16 stem
-// read only through a MaxPool by INT8 convs (as input and as fused residual, ResNet's
-// shape) writes bf16, pooled in bf16.
-TEST(ReducedConvTest, Int8PlanRunsTheImageStemAndHeadInBf16) {
+// The image stem (a conv over 3 channels) of an INT8 plan runs in BF16 where the CPU
+// computes bf16 natively, in FP32 elsewhere, when its option is off, or when the user
+// names it; the head (the conv producing the graph output) runs at DYNAMIC_RANGE, in
+// BF16 or FP32 as its option says, FP32 when named. With the default exclusions
+// disabled both are INT8 like the rest. A BF16 stem read only through a MaxPool by INT8
+// convs (as input and as fused residual, ResNet's shape) writes bf16, pooled in bf16.
+TEST(ReducedConvTest, Int8PlanRunsTheImageStemInBf16AndTheHeadAsConfigured) {
   ModelBuilder b;
   b.Input("x", {-1, 3, 16, 16});
   b.Output("y");
@@ -288,12 +289,15 @@ TEST(ReducedConvTest, Int8PlanRunsTheImageStemAndHeadInBf16) {
     std::function<void(CompileOptions*)> set;
     std::string stem, head;
   };
+  using Head = CompileOptions::Int8Head;
   const std::vector<Case> cases = {
-      {"default", [](CompileOptions*) {}, native_stem, native_stem},
+      {"default", [](CompileOptions*) {}, native_stem, "DYNAMIC_RANGE"},
       {"option off", [](CompileOptions* o) { o->int8_stem_in_bf16 = false; }, "FP32",
+       "DYNAMIC_RANGE"},
+      {"head bf16", [](CompileOptions* o) { o->int8_head = Head::kBf16; }, native_stem,
        native_stem},
-      {"head option off", [](CompileOptions* o) { o->int8_head_in_bf16 = false; },
-       native_stem, "FP32"},
+      {"head fp32", [](CompileOptions* o) { o->int8_head = Head::kFp32; }, native_stem,
+       "FP32"},
       {"named", [](CompileOptions* o) { o->exclude_nodes = {"stem", "y"}; }, "FP32", "FP32"},
       {"no default exclusions",
        [](CompileOptions* o) { o->disable_default_exclusions = true; }, "INT8", "INT8"},
@@ -391,17 +395,19 @@ TEST(ReducedConvTest, ImageStemThatIsTheHeadFollowsTheHeadOption) {
   auto model = AsModelFile(b.model(), "stem_head", {4, 8, 8});
   ASSERT_TRUE(model.ok()) << model.status();
   const Tensor x = Gaussian({2, 3, 8, 8}, 1.f, 97);
-  for (bool head_bf16 : {true, false}) {
-    SCOPED_TRACE(head_bf16 ? "head option on" : "head option off");
+  using Head = CompileOptions::Int8Head;
+  const std::string native = HasNativeBf16() ? "BF16" : "FP32";
+  for (const auto& [head, want] : std::vector<std::pair<Head, std::string>>{
+           {Head::kDynamicRange, "DYNAMIC_RANGE"}, {Head::kBf16, native}, {Head::kFp32, "FP32"}}) {
+    SCOPED_TRACE(want);
     CompileOptions o;
     o.precision = Precision::kInt8;
     o.calibration = {{x}};
-    o.int8_head_in_bf16 = head_bf16;
+    o.int8_head = head;
     auto q = Session::Compile(*model, o);
     ASSERT_TRUE(q.ok()) << q.status();
     ASSERT_EQ((*q)->precision_report().size(), 1u);
-    EXPECT_EQ((*q)->precision_report()[0].precision,
-              head_bf16 && HasNativeBf16() ? "BF16" : "FP32");
+    EXPECT_EQ((*q)->precision_report()[0].precision, want);
     std::vector<Tensor> got;
     ASSERT_TRUE((*q)->Run((*q)->NewContext().get(), {x}, &got).ok());
     EXPECT_EQ(got[0].dtype(), DataType::kFloat32);
@@ -420,9 +426,9 @@ TEST(ReducedConvTest, Bf16KeepsNarrowConvsInFp32) {
   AddConv(&b, "wide", "out32", 33, 32, 1, 92);  // 32 outputs: narrow
   AddConv(&b, "out32", "y", 32, 64, 1, 93);    // the head
   const std::vector<std::string> all = {"in32", "wide", "out32"};
-  // The INT8 head runs in BF16 where the CPU computes bf16 natively (int8_head_in_bf16).
+  // The INT8 head runs at DYNAMIC_RANGE (CompileOptions::int8_head).
   std::vector<std::string> int8 = all;
-  if (HasNativeBf16()) int8.push_back("y");
+  int8.push_back("y");
   struct Case {
     Precision precision;
     bool disable_default_exclusions;

@@ -1,7 +1,8 @@
 // LoadedModel::Load hands the config's quantization block to the engine: digits_cnn from
 // the test repository (fixture test_repo) at INT8 with the default exclusions. Its
 // 1-channel stem conv runs in BF16 on CPUs with native bf16 and in FP32 with
-// int8_stem_fp32 (and on other CPUs).
+// int8_stem_fp32 (and on other CPUs); its head runs at DYNAMIC_RANGE, or FP32 with
+// int8_head_fp32.
 #include <string>
 
 #include "engine/ops/dnnl_util.h"
@@ -35,6 +36,30 @@ TEST(LoadedModelTest, Int8StemFp32KeepsTheImageStemInFp32) {
     bool int8_conv = false;
     for (const auto& n : report) int8_conv |= n.op_type == "Conv" && n.precision == "INT8";
     EXPECT_TRUE(int8_conv);
+  }
+}
+
+// The head (digits_cnn's Gemm, producing the logits) runs at DYNAMIC_RANGE in an INT8
+// plan by default, and in FP32 with int8_head_fp32.
+TEST(LoadedModelTest, Int8HeadFp32KeepsTheHeadInFp32) {
+  for (bool head_fp32 : {false, true}) {
+    SCOPED_TRACE(head_fp32 ? "int8_head_fp32: true" : "default");
+    ModelLoadRequest req;
+    req.name = "digits_cnn_int8";
+    req.version = 1;
+    req.model_dir = QS_BINARY_DIR "/test_repo/digits_cnn_int8";
+    req.config.set_name(req.name);
+    req.config.set_max_batch_size(16);
+    inference::QuantizationConfig* q = req.config.mutable_quantization();
+    q->set_precision(inference::INT8);
+    q->mutable_calibration()->set_data_dir("calibration");
+    q->set_int8_head_fp32(head_fp32);
+    auto model = LoadedModel::Load(req);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const auto& report = (*model)->session().precision_report();
+    ASSERT_FALSE(report.empty());
+    EXPECT_EQ(report.back().op_type, "Gemm");
+    EXPECT_EQ(report.back().precision, head_fp32 ? "FP32" : "DYNAMIC_RANGE");
   }
 }
 
