@@ -1,7 +1,8 @@
 // PackedWeights: a constant packed once per layout; after the unpacked copy is released,
-// later layouts are reordered from the first packed one — including when that one is an
-// INT8 layout carrying the zero-point compensation of an asymmetric source (extra bytes
-// after the weights), as a conv reading a signed tensor asks for.
+// later layouts are reordered from a packed one without extra data. INT8 layouts that
+// carry the zero-point compensation of an asymmetric source (extra bytes after the
+// weights, as a conv reading a signed tensor asks for) never serve as that source:
+// oneDNN 2.6 cannot reorder between some of them.
 #include <algorithm>
 #include <cstdint>
 #include <random>
@@ -80,6 +81,73 @@ TEST(PackedWeightsTest, EveryLayoutHoldsTheWeightsAfterTheRelease) {
     ASSERT_NO_THROW(m = packed.Get(layouts[i], &dnnl, &owner));
     EXPECT_EQ(Unpack(m, &dnnl), want);
   }
+}
+
+// The weights layout of oneDNN's first-choice INT8 kernel for MobileNetV2's features.12
+// expansion (1x1, 96 -> 576 channels at 14x14, u8 source with zero point 127, u8
+// destination) at batch `n`.
+dnnl::memory::desc ExpansionWeightsLayout(const dnnl::engine& eng, int64_t n) {
+  const dnnl::memory::desc src({n, 96, 14, 14}, dt::u8, tag::nhwc);
+  const dnnl::memory::desc dst({n, 576, 14, 14}, dt::u8, tag::nhwc);
+  const dnnl::memory::desc w({576, 96, 1, 1}, dt::s8, tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_output_scales(0, {0.01f});
+  attr.set_zero_points(DNNL_ARG_SRC, 0, {127});
+  return dnnl::convolution_forward::primitive_desc(
+             dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference,
+                                             dnnl::algorithm::convolution_direct, src, w,
+                                             dnnl::memory::desc(), dst, {1, 1}, {0, 0},
+                                             {0, 0}, {0, 0}),
+             attr, eng)
+      .weights_desc();
+}
+
+// Batch 8 and batch 1 want differently blocked compensated layouts (oc blocks of 64 and
+// 48 on AVX-512 VNNI), and oneDNN 2.6 has no reorder from the one to the other: the
+// unpacked copy stays until a layout without extra data is packed, and serves as the
+// source. Before, the second layout failed to pack and MobileNetV2 INT8 did not run at
+// batch 1 after batch 8.
+TEST(PackedWeightsTest, CompensatedLayoutsComeFromAPlainSource) {
+  DnnlResources dnnl;
+  const dnnl::memory::dims dims = {576, 96, 1, 1};
+  Tensor w = Tensor::Uninitialized(DataType::kInt8, {576, 96, 1, 1});
+  std::mt19937 rng(7);
+  for (int64_t i = 0; i < w.num_elements(); ++i) {
+    w.data<int8_t>()[i] = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+  }
+  const dnnl::memory::desc user(dims, dt::s8, tag::oihw);
+  const std::vector<int8_t> want(w.data<int8_t>(), w.data<int8_t>() + w.num_elements());
+  PackedWeights packed(w, user);
+  packed.release_unpacked_after_first_pack();
+  w = Tensor();
+  auto unpack = [&](dnnl::memory m) {
+    std::vector<int8_t> out(want.size());
+    dnnl::memory plain(user, dnnl.engine, out.data());
+    dnnl::reorder(m, plain).execute(dnnl.stream, m, plain);
+    dnnl.stream.wait();
+    return out;
+  };
+  const dnnl::memory::desc b8 = ExpansionWeightsLayout(dnnl.engine, 8);
+  const dnnl::memory::desc b1 = ExpansionWeightsLayout(dnnl.engine, 1);
+  ASSERT_NE(b8.data.extra.flags, 0u);
+  ASSERT_NE(b1.data.extra.flags, 0u);
+  Tensor o8, o1, o_plain, o1b;
+  dnnl::memory m8 = packed.Get(b8, &dnnl, &o8);
+  EXPECT_TRUE(packed.tensor().defined());  // no plain layout yet: the unpacked copy stays
+  dnnl::memory m1;
+  ASSERT_NO_THROW(m1 = packed.Get(b1, &dnnl, &o1));
+  EXPECT_EQ(unpack(m8), want);
+  EXPECT_EQ(unpack(m1), want);
+  // A layout without extra data releases the unpacked copy; compensated layouts then
+  // come from it through a temporary plain copy.
+  // (iohw: at 1x1, ohwi would be the user layout itself.)
+  packed.Get(dnnl::memory::desc(dims, dt::s8, tag::iohw), &dnnl, &o_plain);
+  EXPECT_FALSE(packed.tensor().defined());
+  o1 = Tensor();
+  o_plain = Tensor();  // nobody holds the plain layout now: it stays as the source
+  dnnl::memory m1b;
+  ASSERT_NO_THROW(m1b = packed.Get(b1, &dnnl, &o1b));
+  EXPECT_EQ(unpack(m1b), want);
 }
 
 // A layout stays while a plan holds it, is shared by every plan asking for it, and goes
