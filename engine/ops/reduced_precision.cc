@@ -120,7 +120,7 @@ struct Plan {
 
 struct State : KernelState {
   ShapeCache<Shape, Plan> plans;
-  Tensor scratch;  // u8 or bf16 copy of the activations, reused across runs
+  Tensor scratch;  // the thread's scratch (u8 or bf16 activations) during one Run
 };
 
 // Builds the attr shared by conv and matmul: output scales over `scale_mask`, the
@@ -173,22 +173,31 @@ dnnl::primitive_attr MakeAttr(const Common& c, const std::vector<float>& w_scale
   return attr;
 }
 
-// Quantizes `x` (f32, or bf16 for static INT8) into the state's u8 scratch buffer (BF16
-// converts in Execute; u8 passes through) and returns the
-// dynamic parameters (unused in the other modes).
+// One byte buffer of at least `bytes` per thread, shared by every reduced-precision
+// kernel that thread runs: a kernel only needs it during its own Run, and a buffer per
+// kernel (or per plan) would hold the whole network's activations once more in u8 or
+// bf16 (ResNet-50 INT8 at batch 8: ~50 MB per context; MobileNetV2 BF16: 13 MB).
+Tensor ThreadScratch(int64_t bytes) {
+  thread_local Tensor shared_scratch;
+  if (!shared_scratch.defined() || shared_scratch.num_elements() < bytes) {
+    BufferPool::Scope no_pool(nullptr);  // lives with the thread, not with one context
+    shared_scratch = Tensor::Uninitialized(DataType::kUInt8, {std::max<int64_t>(bytes, 1)});
+  }
+  return shared_scratch;
+}
+
+// Quantizes `x` (f32, or bf16 for static INT8) into the thread's scratch buffer as u8,
+// or for BF16 provides that buffer for Execute's conversion (chained u8 and bf16 inputs
+// pass through), and returns the dynamic parameters (unused in the other modes).
 QuantParams PrepareSource(const Common& c, const Tensor& x, State* state) {
   const int64_t n = x.num_elements();
   QuantParams p = c.act;
-  if (c.mode == Mode::kBf16 || x.dtype() == DataType::kUInt8) return p;  // u8: chained
-  // One u8 buffer per thread, shared by every quantized kernel that thread runs: a
-  // kernel only needs it during its own Run, and a buffer per kernel would hold the
-  // whole network's activations in u8 (ResNet-50 at batch 8: ~50 MB per context).
-  thread_local Tensor shared_scratch;
-  if (!shared_scratch.defined() || shared_scratch.num_elements() < n) {
-    BufferPool::Scope no_pool(nullptr);  // lives with the thread, not with one context
-    shared_scratch = Tensor::Uninitialized(DataType::kUInt8, {n});
+  if (x.dtype() == DataType::kUInt8) return p;  // chained
+  if (c.mode == Mode::kBf16) {
+    if (x.dtype() != DataType::kBFloat16) state->scratch = ThreadScratch(2 * n);
+    return p;
   }
-  state->scratch = shared_scratch;
+  state->scratch = ThreadScratch(n);
   if (c.mode == Mode::kDynamic) {
     float lo, hi;
     MinMax(x.data<float>(), n, &lo, &hi);
@@ -210,6 +219,7 @@ void Execute(const Common& c, Plan* plan, const Tensor& x, const QuantParams& p,
     plan->src.set_data_handle(const_cast<void*>(x.raw_data()));  // chained: already bf16
   } else if (c.mode == Mode::kBf16) {
     plan->src_f32.set_data_handle(const_cast<void*>(x.raw_data()));
+    plan->src.set_data_handle(state->scratch.raw_data());
     plan->to_bf16.execute(dnnl->stream, plan->src_f32, plan->src);
   } else if (x.dtype() == DataType::kUInt8) {
     plan->src.set_data_handle(const_cast<void*>(x.raw_data()));
@@ -234,6 +244,9 @@ void Execute(const Common& c, Plan* plan, const Tensor& x, const QuantParams& p,
   }
   plan->prim.execute(dnnl->stream, args);
   dnnl->stream.wait();
+  // The thread's scratch may grow for a later kernel: holding it here would keep the
+  // smaller buffer alive.
+  state->scratch = Tensor();
 }
 
 // Memory objects a plan owns outright (zero point and scale scalars, the bias post-op's
@@ -466,8 +479,7 @@ class ReducedConvKernel : public Kernel {
     plan->weights = packed_->Get(pd.weights_desc(), dnnl, &plan->weights_owner);
     plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
     plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
-    if (c_.mode == Mode::kBf16) {
-      plan->src = memory(src_md, eng);  // owns the bf16 copy
+    if (c_.mode == Mode::kBf16) {  // converts into the thread's scratch (PrepareSource)
       plan->src_f32 = memory(ChannelsLastDesc(x, dt::f32), eng, DNNL_MEMORY_NONE);
       plan->to_bf16 = dnnl::reorder(plan->src_f32, plan->src);
     }
@@ -601,8 +613,7 @@ class ReducedMatMulKernel : public Kernel {
     plan->weights = packed_->Get(pd.weights_desc(), dnnl, &plan->weights_owner);
     plan->src = memory(src_md, eng, DNNL_MEMORY_NONE);
     plan->dst = memory(dst_md, eng, DNNL_MEMORY_NONE);
-    if (c_.mode == Mode::kBf16) {
-      plan->src = memory(src_md, eng);
+    if (c_.mode == Mode::kBf16) {  // converts into the thread's scratch (PrepareSource)
       plan->src_f32 = memory({{m, k_}, dt::f32, memory::format_tag::ab}, eng, DNNL_MEMORY_NONE);
       plan->to_bf16 = dnnl::reorder(plan->src_f32, plan->src);
     }
