@@ -221,6 +221,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::CompileGraph(Graph graph,
       fp32_weight_bytes += static_cast<int64_t>(
           t.num_elements() * (t.dtype() == DataType::kFloat16 ? 4 : DataTypeSize(t.dtype())));
     }
+    QS_RETURN_IF_ERROR(ComputeFloat16InFloat32(&graph));
     QS_RETURN_IF_ERROR(RemoveIdentityNodes(&graph));
     QS_RETURN_IF_ERROR(FoldQdqIntoReducedPrecision(&graph));
     QS_RETURN_IF_ERROR(FoldConstants(&graph));

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/buffer_pool.h"
+#include "engine/half_convert.h"
 
 namespace qs {
 namespace {
@@ -254,6 +255,14 @@ absl::StatusOr<Tensor> CastTensor(const Tensor& in, DataType to) {
   Tensor out = Tensor::Uninitialized(to, in.shape());
   const int64_t n = in.num_elements();
   // Fast paths for the common conversions; int64 goes exact through its own path.
+  if (in.dtype() == DataType::kFloat16 && to == DataType::kFloat32) {
+    HalfToFloatArray(in.data<uint16_t>(), out.data<float>(), n);
+    return out;
+  }
+  if (in.dtype() == DataType::kFloat32 && to == DataType::kFloat16) {
+    FloatToHalfArray(in.data<float>(), out.data<uint16_t>(), n);
+    return out;
+  }
   if (in.dtype() == DataType::kInt64 && to == DataType::kInt32) {
     for (int64_t i = 0; i < n; ++i)
       out.data<int32_t>()[i] = static_cast<int32_t>(in.data<int64_t>()[i]);

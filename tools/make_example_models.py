@@ -49,6 +49,9 @@ Layout written under DIR:
                            too (by default the stem runs in BF16 and the Gemm
                            at DYNAMIC_RANGE)
   DIR/digits_cnn_int8/calibration/image.npy   float32 [128, 1, 8, 8]
+  DIR/digits_mlp_fp16/     digits_mlp stored in half precision: FLOAT16
+                           weights, input and output (TYPE_FP16 in the
+                           config); served computing in FP32
   DIR/digits_cnn_bf16/     BF16, disable_default_exclusions: true: both convs
                            and the Gemm run in BF16 (by default this model's
                            narrow convs and its head stay FP32)
@@ -540,6 +543,32 @@ def make_quantized_variants(out, train):
               f"{block.split()[3].lower()} quantization on load")
 
 
+# --------------------------------------------------------------------------
+# digits_mlp_fp16: the same network stored in half precision
+# --------------------------------------------------------------------------
+
+
+def make_digits_mlp_fp16(out):
+    """digits_mlp with FLOAT16 weights, input and output, as a float16 converter
+    writes it (half the file size); the server computes it in FP32."""
+    src = onnx.load(os.path.join(out, "digits_mlp", "1", "model.onnx"))
+    graph = src.graph
+    inits = [numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
+             for t in graph.initializer]
+    fp16 = helper.make_graph(
+        list(graph.node), "digits_mlp_fp16",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["batch", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT16,
+                                       ["batch", 10])],
+        initializer=inits)
+    path = os.path.join(out, "digits_mlp_fp16", "1", "model.onnx")
+    finish_model(fp16, path)
+    config = MLP_CONFIG.replace('name: "digits_mlp"', 'name: "digits_mlp_fp16"', 1)
+    config = config.replace("TYPE_FP32", "TYPE_FP16")
+    write_file(os.path.join(out, "digits_mlp_fp16", "config.pbtxt"), config)
+    print(f"digits_mlp_fp16: FLOAT16 weights and I/O, {os.path.getsize(path)} bytes")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True,
@@ -557,6 +586,7 @@ def main(argv=None):
     make_digits_mlp(out, train, test)
     make_digits_cnn(out, train, test)
     make_quantized_variants(out, train)
+    make_digits_mlp_fp16(out)
     write_file(marker, "")
     print(f"wrote {out} in {time.monotonic() - t0:.1f}s")
     return 0

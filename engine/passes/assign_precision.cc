@@ -2,9 +2,11 @@
 #include <optional>
 #include <unordered_set>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "engine/half_convert.h"
 #include "engine/ops/dnnl_util.h"
 #include "engine/ops/reduced_precision.h"
 #include "engine/passes/passes.h"
@@ -285,10 +287,12 @@ int64_t RoundWeightsToHalf(Graph* graph) {
     if (it == graph->initializers.end() || it->second.dtype() != DataType::kFloat32) continue;
     done.insert(node.inputs[1]);
     const Tensor& w = it->second;
+    // Through half and back with the vector loops (engine/half_convert.h).
+    const int64_t n = w.num_elements();
+    std::vector<uint16_t> half(static_cast<size_t>(n));
+    FloatToHalfArray(w.data<float>(), half.data(), n);
     Tensor r = Tensor::Uninitialized(DataType::kFloat32, w.shape());
-    for (int64_t i = 0; i < w.num_elements(); ++i) {
-      r.data<float>()[i] = HalfToFloat(FloatToHalf(w.data<float>()[i]));
-    }
+    HalfToFloatArray(half.data(), r.data<float>(), n);
     saved += w.num_elements() * 2;
     it->second = r;
   }

@@ -25,6 +25,13 @@ absl::flat_hash_map<std::string, int> CountReaders(const Graph& graph);
 absl::flat_hash_map<std::string, size_t> Producers(const Graph& graph);
 InputReaderMap InputReaders(const Graph& graph);
 
+// FLOAT16 models (weights and activations in half precision, as float16 converters
+// write them) compute in FP32: FLOAT16 initializers and Constant/ConstantOfShape values
+// are widened (vector F16C/AVX-512 loops), Cast-to-FLOAT16 nodes cast to FLOAT, and
+// FLOAT16 graph inputs and outputs keep their declared type through a Cast at the edge.
+// Runs first; a no-op for graphs without FLOAT16.
+absl::Status ComputeFloat16InFloat32(Graph* graph);
+
 // Removes Identity and inference-mode Dropout, rewiring consumers (and graph outputs)
 // to the node's input.
 absl::Status RemoveIdentityNodes(Graph* graph);

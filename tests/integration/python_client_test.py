@@ -42,6 +42,8 @@ import unittest
 
 import grpc
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 STARTUP_TIMEOUT_S = 120.0   # watchdog: daemon must log "server ready" by then
 SHUTDOWN_TIMEOUT_S = 30.0   # SIGTERM -> exit
@@ -49,7 +51,8 @@ RPC_TIMEOUT_S = 30.0        # per RPC deadline, so a hung server cannot hang us
 
 # Models the fixture scripts write, by expected state.
 READY_MODELS = {"tiny", "digits_mlp", "digits_cnn", "ignored_fields",
-                "digits_mlp_int8", "digits_mlp_dynamic", "digits_cnn_int8", "digits_cnn_bf16"}
+                "digits_mlp_int8", "digits_mlp_dynamic", "digits_cnn_int8", "digits_cnn_bf16",
+                "digits_mlp_fp16"}
 BROKEN_MODELS = {"truncated", "bad_config", "missing_input"}
 
 # tiny version 2: y = Relu(x @ W + b2), exact in FP32 (see make_bad_models.py).
@@ -533,6 +536,47 @@ class QuantserveGrpcTest(unittest.TestCase):
         acc = float(np.mean(p.argmax(axis=1) == y))
         print(f"\n  digits_mlp held-out accuracy over gRPC: {acc:.4f} "
               f"(n={len(y)}, max |row sum - 1| {worst:.2e})", file=sys.stderr)
+        self.assertGreaterEqual(acc, 0.97)
+
+    def test_13b_infer_digits_mlp_fp16(self):
+        """The half-precision file: FP16 on the wire both ways, against numpy computing
+        the FLOAT16 weights in float32 (what the server promises) and against the FP32
+        model's own answers."""
+        meta = self.stub.ModelMetadata(
+            PB.service.ModelMetadataRequest(name="digits_mlp_fp16"), timeout=RPC_TIMEOUT_S)
+        self.assertEqual([(t.name, t.datatype) for t in meta.inputs], [("input", "FP16")])
+        self.assertEqual([(t.name, t.datatype) for t in meta.outputs],
+                         [("probabilities", "FP16")])
+        model = onnx.load(os.path.join(ARGS.repo, "digits_mlp_fp16", "1", "model.onnx"))
+        w = {t.name: numpy_helper.to_array(t).astype(np.float32)
+             for t in model.graph.initializer}
+        testdata = os.path.join(ARGS.repo, "digits_mlp", "testdata")
+        x = np.load(os.path.join(testdata, "x.npy")).astype(np.float16)
+        y = np.load(os.path.join(testdata, "y.npy"))
+        got = []
+        for start in range(0, len(x), 32):
+            batch = np.ascontiguousarray(x[start:start + 32], dtype="<f2")
+            req = PB.service.ModelInferRequest(model_name="digits_mlp_fp16")
+            req.inputs.add(name="input", datatype="FP16", shape=list(batch.shape))
+            req.raw_input_contents.append(batch.tobytes())
+            resp = self.stub.ModelInfer(req, timeout=RPC_TIMEOUT_S)
+            self.assertEqual(resp.outputs[0].datatype, "FP16")
+            self.assertEqual(list(resp.outputs[0].shape), [len(batch), 10])
+            self.assertEqual(len(resp.raw_output_contents[0]), 2 * 10 * len(batch))
+            got.append(np.frombuffer(resp.raw_output_contents[0], dtype="<f2")
+                       .reshape(len(batch), 10))
+        p = np.concatenate(got).astype(np.float32)
+        xf = x.astype(np.float32)
+        h = np.maximum(xf @ w["fc1.weight"].T + w["fc1.bias"], 0.0)
+        z = h @ w["fc2.weight"].T + w["fc2.bias"]
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        want = (e / e.sum(axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+        # Both round to half at the end; one half step (<= 2^-11 below 1) apart at most.
+        worst = float(np.abs(p - want).max())
+        self.assertLessEqual(worst, 2.0 ** -11, f"max |server - numpy| = {worst}")
+        acc = float(np.mean(p.argmax(axis=1) == y))
+        print(f"\n  digits_mlp_fp16 held-out accuracy over gRPC: {acc:.4f} "
+              f"(max |server - numpy| {worst:.2e})", file=sys.stderr)
         self.assertGreaterEqual(acc, 0.97)
 
     def test_14_infer_digits_cnn_heldout(self):
