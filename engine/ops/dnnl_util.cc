@@ -160,27 +160,10 @@ bool HasExtra(const dnnl::memory::desc& md) { return md.data.extra.flags != 0; }
 
 }  // namespace
 
-const PackedWeights::Entry* PackedWeights::SourceLocked() const {
-  for (const Entry& e : packed_) {
-    if (!HasExtra(e.md)) return &e;
-  }
-  return nullptr;
-}
-
 void PackedWeights::DropUnheldLocked() const {
-  // Once the unpacked copy is gone, one layout without extra data stays as the source
-  // of later reorders: a held one when there is one, else the first (held only here).
-  const Entry* source = nullptr;
-  if (!weights_.defined()) {
-    bool held_source = false;
-    for (const Entry& e : packed_) held_source |= !HasExtra(e.md) && !e.buffer.unique();
-    if (!held_source) source = SourceLocked();
-  }
-  std::vector<Entry> kept;
-  for (Entry& e : packed_) {
-    if (&e == source || !e.buffer.unique()) kept.push_back(std::move(e));
-  }
-  packed_ = std::move(kept);
+  packed_.erase(std::remove_if(packed_.begin(), packed_.end(),
+                               [](const Entry& e) { return e.buffer.unique(); }),
+                packed_.end());
 }
 
 int64_t PackedWeights::packed_bytes() const {
@@ -212,38 +195,34 @@ dnnl::memory PackedWeights::Get(const dnnl::memory::desc& packed_md, DnnlResourc
   Tensor buffer = Tensor::Uninitialized(
       DataType::kUInt8,
       {static_cast<int64_t>(std::max<size_t>(packed_md.get_size(), 1))});
-  // The unpacked copy, or once it is released a packed layout without extra data:
-  // oneDNN 2.6 reorders between any two layouts of the same values, but not always from
-  // a layout carrying compensation (AcdB64a4b to AcdB48a4b, both with zero-point
-  // compensation, fails to create). A layout with compensation is reordered to from the
-  // user layout, through a temporary copy once the unpacked one is gone.
+  // The unpacked copy, or once it is released a packed layout (one stays: the last one
+  // requested). oneDNN 2.6 reorders between any two layouts of the same values, but not
+  // always between layouts carrying compensation (AcdB64a4b to AcdB48a4b, both with
+  // zero-point compensation, fails to create): when either side carries some, the
+  // values go through a temporary copy in the user layout (a reorder to plain reads
+  // the values and ignores the compensation).
   const dnnl::engine& eng = dnnl->engine;
-  dnnl::memory src;
+  dnnl::memory src = weights_.defined()
+                         ? WrapTensor(user_md_, weights_, eng)
+                         : dnnl::memory(packed_.front().md, eng,
+                                        const_cast<void*>(packed_.front().buffer.raw_data()));
   Tensor unpacked;  // the temporary user-layout copy, when one is needed
-  if (weights_.defined()) {
-    src = WrapTensor(user_md_, weights_, eng);
-  } else {
-    const Entry* source = SourceLocked();  // kept by DropUnheldLocked
-    src = dnnl::memory(source->md, eng, const_cast<void*>(source->buffer.raw_data()));
-    if (HasExtra(packed_md)) {
-      unpacked = Tensor::Uninitialized(
-          DataType::kUInt8, {static_cast<int64_t>(std::max<size_t>(user_md_.get_size(), 1))});
-      dnnl::memory user(user_md_, eng, unpacked.raw_data());
-      dnnl::reorder(src, user).execute(dnnl->stream, src, user);
-      src = user;
-    }
+  if (!weights_.defined() && (HasExtra(packed_md) || HasExtra(src.get_desc()))) {
+    unpacked = Tensor::Uninitialized(
+        DataType::kUInt8, {static_cast<int64_t>(std::max<size_t>(user_md_.get_size(), 1))});
+    dnnl::memory user(user_md_, eng, unpacked.raw_data());
+    dnnl::reorder(src, user).execute(dnnl->stream, src, user);
+    src = user;
   }
   dnnl::memory dst(packed_md, eng, buffer.raw_data());
   dnnl::reorder(src, dst).execute(dnnl->stream, src, dst);
   dnnl->stream.wait();
-  // The new layout stays (`buffer` holds it); the ones no plan holds any more go, but
-  // for a source of later reorders.
-  packed_.push_back({packed_md, buffer});
+  // The new layout stays (and is a source of later reorders once the unpacked copy is
+  // released); the ones no plan holds any more go.
   DropUnheldLocked();
+  packed_.push_back({packed_md, buffer});
   *owner = std::move(buffer);
-  // Released only once a layout that can serve as the source is kept: the INT8 convs
-  // with compensated layouts keep their unpacked copy.
-  if (release_unpacked_ && !wrapped_ && SourceLocked() != nullptr) weights_ = Tensor();
+  if (release_unpacked_ && !wrapped_) weights_ = Tensor();
   return dst;
 }
 

@@ -126,10 +126,10 @@ class PackedWeights {
         bytes_(static_cast<int64_t>(weights_.byte_size())),
         shape_(weights_.shape()), dtype_(weights_.dtype()) {}
 
-  // After the first packing into a layout without extra data, drop the unpacked copy
-  // (later layouts are reordered from that one; a layout carrying compensation cannot
-  // be a reorder's source). For kernels that never read tensor() at run time: halves
-  // the weight memory of quantized models.
+  // After the first packing, drop the unpacked copy (later layouts are reordered from a
+  // packed one, through a temporary user-layout copy when compensation is involved).
+  // For kernels that never read tensor() at run time: halves the weight memory of
+  // quantized models.
   void release_unpacked_after_first_pack() { release_unpacked_ = true; }
   // Bytes of the weights in their user layout (valid after the release too).
   int64_t byte_size() const { return bytes_; }
@@ -158,12 +158,9 @@ class PackedWeights {
     dnnl::memory::desc md;
     Tensor buffer;  // owns the packed bytes (64-byte aligned)
   };
-  // Erases the entries whose buffer only packed_ holds, except that once the unpacked
-  // copy is released one layout without extra data always stays. Called with mu_ held,
-  // once the entry being handed out is held by its caller.
+  // Erases the entries whose buffer only packed_ holds. Called with mu_ held, once the
+  // entry being handed out is held by its caller.
   void DropUnheldLocked() const;
-  // The first packed layout without extra data (one a reorder can start from), or null.
-  const Entry* SourceLocked() const;
   mutable Tensor weights_;  // guarded by mu_ once packing starts
   dnnl::memory::desc user_md_;
   int64_t bytes_ = 0;

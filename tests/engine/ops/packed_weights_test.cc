@@ -1,8 +1,8 @@
 // PackedWeights: a constant packed once per layout; after the unpacked copy is released,
-// later layouts are reordered from a packed one without extra data. INT8 layouts that
-// carry the zero-point compensation of an asymmetric source (extra bytes after the
-// weights, as a conv reading a signed tensor asks for) never serve as that source:
-// oneDNN 2.6 cannot reorder between some of them.
+// later layouts are reordered from a packed one — through a temporary plain copy when
+// either carries the zero-point compensation of an asymmetric source (extra bytes after
+// the weights, as a conv reading a signed tensor asks for): oneDNN 2.6 cannot reorder
+// between some compensated layouts.
 #include <algorithm>
 #include <cstdint>
 #include <random>
@@ -103,11 +103,10 @@ dnnl::memory::desc ExpansionWeightsLayout(const dnnl::engine& eng, int64_t n) {
 }
 
 // Batch 8 and batch 1 want differently blocked compensated layouts (oc blocks of 64 and
-// 48 on AVX-512 VNNI), and oneDNN 2.6 has no reorder from the one to the other: the
-// unpacked copy stays until a layout without extra data is packed, and serves as the
-// source. Before, the second layout failed to pack and MobileNetV2 INT8 did not run at
-// batch 1 after batch 8.
-TEST(PackedWeightsTest, CompensatedLayoutsComeFromAPlainSource) {
+// 48 on AVX-512 VNNI), and oneDNN 2.6 has no reorder from the one to the other: after
+// the unpacked copy is released, the second comes through a temporary plain copy.
+// Before, it failed to pack, and MobileNetV2 INT8 did not run at batch 1 after batch 8.
+TEST(PackedWeightsTest, CompensatedLayoutsOfDifferentBlocking) {
   DnnlResources dnnl;
   const dnnl::memory::dims dims = {576, 96, 1, 1};
   Tensor w = Tensor::Uninitialized(DataType::kInt8, {576, 96, 1, 1});
@@ -131,23 +130,25 @@ TEST(PackedWeightsTest, CompensatedLayoutsComeFromAPlainSource) {
   const dnnl::memory::desc b1 = ExpansionWeightsLayout(dnnl.engine, 1);
   ASSERT_NE(b8.data.extra.flags, 0u);
   ASSERT_NE(b1.data.extra.flags, 0u);
-  Tensor o8, o1, o_plain, o1b;
+  ASSERT_NE(b8, b1);
+  Tensor o8, o1, o_plain, o8b;
   dnnl::memory m8 = packed.Get(b8, &dnnl, &o8);
-  EXPECT_TRUE(packed.tensor().defined());  // no plain layout yet: the unpacked copy stays
+  EXPECT_FALSE(packed.tensor().defined());  // released after the first packing
   dnnl::memory m1;
   ASSERT_NO_THROW(m1 = packed.Get(b1, &dnnl, &o1));
   EXPECT_EQ(unpack(m8), want);
   EXPECT_EQ(unpack(m1), want);
-  // A layout without extra data releases the unpacked copy; compensated layouts then
-  // come from it through a temporary plain copy.
-  // (iohw: at 1x1, ohwi would be the user layout itself.)
-  packed.Get(dnnl::memory::desc(dims, dt::s8, tag::iohw), &dnnl, &o_plain);
-  EXPECT_FALSE(packed.tensor().defined());
+  EXPECT_EQ(packed.packed_bytes(),
+            static_cast<int64_t>(b8.get_size() + b1.get_size()));  // no plain copy kept
+  // From a compensated source to a plain layout and back to another compensated one.
+  o8 = Tensor();
+  dnnl::memory m_plain = packed.Get(dnnl::memory::desc(dims, dt::s8, tag::iohw), &dnnl,
+                                    &o_plain);  // (iohw: at 1x1 ohwi would be oihw itself)
+  EXPECT_EQ(unpack(m_plain), want);
   o1 = Tensor();
-  o_plain = Tensor();  // nobody holds the plain layout now: it stays as the source
-  dnnl::memory m1b;
-  ASSERT_NO_THROW(m1b = packed.Get(b1, &dnnl, &o1b));
-  EXPECT_EQ(unpack(m1b), want);
+  dnnl::memory m8b;
+  ASSERT_NO_THROW(m8b = packed.Get(b8, &dnnl, &o8b));
+  EXPECT_EQ(unpack(m8b), want);
 }
 
 // A layout stays while a plan holds it, is shared by every plan asking for it, and goes
