@@ -22,7 +22,7 @@ bool HasF16c() {
 }
 
 __attribute__((target("avx512f"))) int64_t HalfToFloatAvx512(const uint16_t* in, float* out,
-                                                              int64_t n) {
+                                                             int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i));
@@ -32,7 +32,7 @@ __attribute__((target("avx512f"))) int64_t HalfToFloatAvx512(const uint16_t* in,
 }
 
 __attribute__((target("avx512f"))) int64_t FloatToHalfAvx512(const float* in, uint16_t* out,
-                                                              int64_t n) {
+                                                             int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT);
@@ -42,7 +42,7 @@ __attribute__((target("avx512f"))) int64_t FloatToHalfAvx512(const float* in, ui
 }
 
 __attribute__((target("avx,f16c"))) int64_t HalfToFloatF16c(const uint16_t* in, float* out,
-                                                             int64_t n) {
+                                                            int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
@@ -52,7 +52,7 @@ __attribute__((target("avx,f16c"))) int64_t HalfToFloatF16c(const uint16_t* in, 
 }
 
 __attribute__((target("avx,f16c"))) int64_t FloatToHalfF16c(const float* in, uint16_t* out,
-                                                             int64_t n) {
+                                                            int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT);

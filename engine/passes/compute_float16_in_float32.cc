@@ -43,8 +43,7 @@ std::string FreshName(const absl::flat_hash_set<std::string>& taken, const std::
   return name;
 }
 
-Node CastNode(const std::string& name, const std::string& in, const std::string& out,
-              int64_t to) {
+Node CastNode(const std::string& name, const std::string& in, const std::string& out, int64_t to) {
   Node cast;
   cast.name = name;
   cast.op_type = "Cast";
@@ -69,20 +68,18 @@ absl::Status ComputeFloat16InFloat32(Graph* graph) {
     auto it = graph->value_info.find(value);
     return it == graph->value_info.end() ? DataType::kUndefined : it->second.dtype;
   };
-  auto is_float = [](DataType t) {
-    return t == DataType::kFloat16 || t == DataType::kFloat32;
-  };
+  auto is_float = [](DataType t) { return t == DataType::kFloat16 || t == DataType::kFloat32; };
   // Casts between FLOAT16 and FLOAT (the converters' casts at the graph's edges) become
   // identities once both are FP32: no copy, and no op the batch split stops at.
   absl::flat_hash_set<size_t> identities;
   for (size_t i = 0; i < graph->nodes.size(); ++i) {
     const Node& node = graph->nodes[i];
-    if (node.domain.empty() && node.op_type == "Cast" && node.inputs.size() == 1 &&
-        (node.attrs.GetInt("to", 0) == kOnnxFloat16 ||
-         node.attrs.GetInt("to", 0) == kOnnxFloat) &&
-        is_float(declared(node.inputs[0])) &&
-        (node.attrs.GetInt("to", 0) == kOnnxFloat16 ||
-         declared(node.inputs[0]) == DataType::kFloat16)) {
+    if (!node.domain.empty() || node.op_type != "Cast" || node.inputs.size() != 1) continue;
+    const int64_t to = node.attrs.GetInt("to", 0);
+    const DataType from = declared(node.inputs[0]);
+    // FLOAT16 -> FLOAT, FLOAT -> FLOAT16 and FLOAT16 -> FLOAT16 all become FP32 -> FP32.
+    if ((to == kOnnxFloat16 && is_float(from)) ||
+        (to == kOnnxFloat && from == DataType::kFloat16)) {
       identities.insert(i);
     }
   }
