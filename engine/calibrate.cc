@@ -152,10 +152,7 @@ absl::StatusOr<std::vector<NodePrecision>> PrecisionReport(const Session& fp32,
   }
   // The node writing each value: a MaxPool inside a u8 chain keeps its input's
   // quantization, which its producer (a chained INT8 conv) states.
-  absl::flat_hash_map<std::string, size_t> producer;
-  for (size_t i = 0; i < n; ++i) {
-    for (const auto& o : graph.nodes[i].outputs) producer[o] = i;
-  }
+  const absl::flat_hash_map<std::string, size_t> producer = Producers(graph);
   auto quantized_by = [&](size_t i) -> const Node* {
     while (true) {
       const Node& gn = graph.nodes[i];

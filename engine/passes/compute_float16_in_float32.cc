@@ -14,25 +14,17 @@ namespace {
 constexpr int64_t kOnnxFloat = onnx::TensorProto::FLOAT;
 constexpr int64_t kOnnxFloat16 = onnx::TensorProto::FLOAT16;
 
-// A TENSOR attribute named `name` holding `t` (FP32) as raw little-endian bytes.
-onnx::AttributeProto FloatTensorAttribute(const std::string& name, const Tensor& t) {
-  onnx::AttributeProto a;
-  a.set_name(name);
-  a.set_type(onnx::AttributeProto::TENSOR);
-  onnx::TensorProto* p = a.mutable_t();
-  p->set_data_type(kOnnxFloat);
-  for (int64_t d : t.shape()) p->add_dims(d);
-  p->set_raw_data(t.raw_data(), t.byte_size());
-  return a;
-}
-
 // Rewrites a FLOAT16 tensor attribute `name` of `node` to FP32; false when it is none.
 absl::StatusOr<bool> WidenTensorAttribute(Node* node, const std::string& name) {
   const onnx::TensorProto* v = node->attrs.GetTensor(name);
   if (v == nullptr || v->data_type() != kOnnxFloat16) return false;
   QS_ASSIGN_OR_RETURN(Tensor t, TensorFromProto(*v));
   QS_ASSIGN_OR_RETURN(t, CastTensor(t, DataType::kFloat32));
-  node->attrs.Set(FloatTensorAttribute(name, t));
+  onnx::AttributeProto a;
+  a.set_name(name);
+  a.set_type(onnx::AttributeProto::TENSOR);
+  *a.mutable_t() = TensorToProto(t, "");
+  node->attrs.Set(a);
   return true;
 }
 
@@ -150,16 +142,14 @@ absl::Status ComputeFloat16InFloat32(Graph* graph) {
                       std::make_move_iterator(front.end()));
 
   // FLOAT16 graph outputs too: their producer writes an FP32 value, cast at the end.
+  // (The casts are appended, so the producers' indices stay valid.)
+  const absl::flat_hash_map<std::string, size_t> producers = Producers(*graph);
   for (const ValueInfo& out : graph->outputs) {
     if (out.dtype != DataType::kFloat16) continue;
-    size_t producer = graph->nodes.size();
-    for (size_t i = 0; i < graph->nodes.size(); ++i) {
-      for (const std::string& o : graph->nodes[i].outputs) {
-        if (o == out.name) producer = i;
-      }
-    }
+    const auto p = producers.find(out.name);
     std::string wide;
-    if (producer < graph->nodes.size()) {
+    if (p != producers.end()) {
+      const size_t producer = p->second;
       wide = FreshName(taken, out.name);
       taken.insert(wide);
       for (std::string& o : graph->nodes[producer].outputs) {
