@@ -56,6 +56,9 @@ ABSL_FLAG(std::vector<std::string>, warmup_batches, {},
           "Batch sizes to warm up at instead of --batch (as the daemon warms up at 1, "
           "max_batch_size and the preferred sizes); the first run at --batch is then timed "
           "on its own (\"first run\"): the cost of a batch size first seen on a request.");
+ABSL_FLAG(bool, batch_dim, true,
+          "Treat the inputs' leading dimension as a batch (a daemon model with "
+          "max_batch_size > 0); false: as max_batch_size 0 (batches never sharded).");
 ABSL_FLAG(bool, report, false, "Print the per-node precision report (SQNR vs FP32).");
 
 namespace {
@@ -112,6 +115,9 @@ int main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--int8_head must be dynamic_range, bf16 or fp32, not \"", head, "\"")));
   }
+  // Free leading dimensions are the batch (as a daemon config's max_batch_size says):
+  // the engine may shard batches (Session::Run).
+  options.max_batch_size = absl::GetFlag(FLAGS_batch_dim) ? 1 << 30 : 0;
   options.exclude_op_types = absl::GetFlag(FLAGS_exclude_op_types);
   options.exclude_nodes = absl::GetFlag(FLAGS_exclude_nodes);
   const absl::Time load_start = absl::Now();
@@ -217,17 +223,21 @@ int main(int argc, char** argv) {
         "\"iters\":%d,\"median_ms\":%.4f,\"p90_ms\":%.4f,\"throughput\":%.2f,"
         "\"compile_s\":%.3f,\"weight_bytes\":%lld,\"peak_activation_bytes\":%lld,"
         "\"activation_arena_bytes\":%zu,\"activation_cached_bytes\":%zu,"
-        "\"arena_hits\":%lld,\"first_run_ms\":%.4f}\n",
+        "\"arena_hits\":%lld,\"first_run_ms\":%.4f,\"batch_shards\":%d}\n",
         path.c_str(), p.c_str(), static_cast<long long>(batch), omp_get_max_threads(), iters,
         median, p90, throughput, compile_s, static_cast<long long>(stats.weight_bytes),
         static_cast<long long>(ctx->peak_activation_bytes()), memory.arena_bytes,
-        memory.cached_bytes, static_cast<long long>(memory.arena_hits), first_run_ms);
+        memory.cached_bytes, static_cast<long long>(memory.arena_hits), first_run_ms,
+        ctx->batch_shard_contexts());
   } else {
     std::printf("model %s  precision %s  batch %lld  threads %d\n", path.c_str(), p.c_str(),
                 static_cast<long long>(batch), omp_get_max_threads());
     std::printf("median %.3f ms  p90 %.3f ms  throughput %.1f/s  (%d runs, compile %.2f s)\n",
                 median, p90, throughput, iters, compile_s);
     if (first_run_ms >= 0) std::printf("first run %.3f ms\n", first_run_ms);
+    if (ctx->batch_shard_contexts() > 0) {
+      std::printf("batch run as %d shards, one per thread\n", ctx->batch_shard_contexts());
+    }
     std::printf("weights %lld bytes  peak activations %lld bytes  kernels %lld\n",
                 static_cast<long long>(stats.weight_bytes),
                 static_cast<long long>(ctx->peak_activation_bytes()),

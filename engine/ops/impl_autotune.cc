@@ -1,5 +1,7 @@
 #include "engine/ops/impl_autotune.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/buffer_pool.h"
 #include "engine/tensor.h"
@@ -106,9 +109,12 @@ bool AdvanceTo(dnnl::convolution_forward::primitive_desc* pd, const std::string&
 
 dnnl::convolution_forward::primitive_desc FastestConvolution(
     const dnnl::convolution_forward::desc& desc, const dnnl::primitive_attr& attr,
-    DnnlResources* dnnl, const std::string& key, const std::vector<int>& extra_args) {
+    DnnlResources* dnnl, const std::string& problem_key, const std::vector<int>& extra_args) {
   dnnl::convolution_forward::primitive_desc first(desc, attr, dnnl->engine);
   if (first_choice_only || first.dst_desc().get_size() < kMinTunedDstBytes) return first;
+  // oneDNN partitions the work for the threads it will have (omp_get_max_threads() at
+  // creation): a batch shard's single-threaded kernel is another decision.
+  const std::string key = absl::StrCat(problem_key, "/threads=", omp_get_max_threads());
   DecisionCache& cache = Decisions();
   std::string chosen;
   bool known = false;
@@ -174,5 +180,17 @@ FirstChoiceScope::FirstChoiceScope() : previous_(first_choice_only) {
 }
 
 FirstChoiceScope::~FirstChoiceScope() { first_choice_only = previous_; }
+
+KernelChoice CurrentKernelChoice() { return {timing_allowed, first_choice_only}; }
+
+KernelChoiceScope::KernelChoiceScope(KernelChoice choice) : previous_(CurrentKernelChoice()) {
+  timing_allowed = choice.timing_allowed;
+  first_choice_only = choice.first_choice_only;
+}
+
+KernelChoiceScope::~KernelChoiceScope() {
+  timing_allowed = previous_.timing_allowed;
+  first_choice_only = previous_.first_choice_only;
+}
 
 }  // namespace qs

@@ -28,7 +28,8 @@ namespace qs {
 // fastest here, among the first three distinct non-reference ones, timed on zero-filled
 // buffers (no kernel's speed depends on the values: no sparsity shortcuts) on the calling thread with
 // `dnnl`'s stream. The decision is cached under `key`, which must identify the problem
-// (shapes, strides, padding, post-ops); problems whose output is under 1 MiB keep
+// (shapes, strides, padding, post-ops; the calling thread's omp_get_max_threads() is
+// added to it, since the fastest kernel for one thread is not always that for two); problems whose output is under 1 MiB keep
 // oneDNN's first choice untimed. Blocks for the timing the first time a key is seen
 // (a few runs of each candidate); after 4096 decisions, new keys keep the first choice
 // untimed (bounded memory and latency for models with ever new shapes). Throws dnnl::error as the primitive_desc constructor
@@ -67,6 +68,26 @@ class FirstChoiceScope {
 
  private:
   bool previous_;
+};
+
+// What the scopes above allow on the calling thread. The scopes are per thread: work
+// handed to the threads of a parallel region carries them with KernelChoiceScope.
+struct KernelChoice {
+  bool timing_allowed = false;
+  bool first_choice_only = false;
+};
+KernelChoice CurrentKernelChoice();
+
+// While alive, the calling thread's KernelChoice is `choice`. Scopes nest.
+class KernelChoiceScope {
+ public:
+  explicit KernelChoiceScope(KernelChoice choice);
+  ~KernelChoiceScope();
+  KernelChoiceScope(const KernelChoiceScope&) = delete;
+  KernelChoiceScope& operator=(const KernelChoiceScope&) = delete;
+
+ private:
+  KernelChoice previous_;
 };
 
 }  // namespace qs

@@ -1,6 +1,6 @@
 // Model-level engine tests: whole networks exported by PyTorch (torch.onnx.export),
-// compiled FP32 and run at batch 1 and batch 4 against the outputs PyTorch itself
-// computed for the same inputs.
+// compiled FP32 and run at batch 1 and batch 4 (whole, and as two batch shards) against
+// the outputs PyTorch itself computed for the same inputs.
 //
 // The fixtures come from tests/fixtures/make_engine_models.py (the ctest fixture
 // engine_models runs it into ${PROJECT_BINARY_DIR}/engine_models). Layout:
@@ -15,6 +15,7 @@
 // with a = engine output, b = PyTorch reference (both FP32, compared in double). It
 // must be <= 1e-4. A NaN/Inf in the engine output, a shape or dtype mismatch, or an
 // all-zero reference (which would make the metric meaningless) fails the test.
+#include <omp.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -118,53 +119,65 @@ TEST_P(ModelTest, MatchesPyTorchAtBatch1And4) {
   auto session = Session::Compile(*model, options);
   ASSERT_TRUE(session.ok()) << session.status();
 
-  // One context for every batch size, including going back down to 1 after 4, so that
-  // any per-context caching keyed on shapes is exercised in both directions. The second
-  // run at each batch size replays the first one's buffer plan (buffer_pool.h).
-  auto ctx = (*session)->NewContext();
-  for (int batch : {1, 4, 1, 4}) {
-    SCOPED_TRACE(absl::StrCat(mc.name, " batch ", batch));
-    const std::string bdir = absl::StrCat(dir, "/b", batch);
+  // Each batch size on one OpenMP thread and on two: with two, batch 4 runs as two
+  // shards of 2 rows (Session::Run, "Batch shards"), each on single-threaded kernels.
+  // One context per team size for every batch size, including going back down to 1
+  // after 4, so that any per-context caching keyed on shapes is exercised in both
+  // directions. The second run at each batch size replays the first one's buffer plan
+  // (buffer_pool.h).
+  const int outer_threads = omp_get_max_threads();
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    auto ctx = (*session)->NewContext();
+    for (int batch : {1, 4, 1, 4}) {
+      SCOPED_TRACE(absl::StrCat(mc.name, " batch ", batch, ", ", threads, " threads"));
+      const std::string bdir = absl::StrCat(dir, "/b", batch);
 
-    std::vector<Tensor> inputs;
-    for (const ValueInfo& in : (*session)->inputs()) {
-      auto t = ReadNpy(absl::StrCat(bdir, "/", FileNameFor(in.name), ".npy"));
-      ASSERT_TRUE(t.ok()) << t.status();
-      ASSERT_EQ(t->dtype(), in.dtype) << "reference input '" << in.name << "'";
-      inputs.push_back(*std::move(t));
+      std::vector<Tensor> inputs;
+      for (const ValueInfo& in : (*session)->inputs()) {
+        auto t = ReadNpy(absl::StrCat(bdir, "/", FileNameFor(in.name), ".npy"));
+        ASSERT_TRUE(t.ok()) << t.status();
+        ASSERT_EQ(t->dtype(), in.dtype) << "reference input '" << in.name << "'";
+        inputs.push_back(*std::move(t));
+      }
+      std::vector<Tensor> outputs;
+      absl::Status st = (*session)->Run(ctx.get(), inputs, &outputs);
+      ASSERT_TRUE(st.ok()) << st;
+      ASSERT_EQ(outputs.size(), (*session)->outputs().size());
+
+      for (size_t i = 0; i < outputs.size(); ++i) {
+        const std::string& name = (*session)->outputs()[i].name;
+        auto want = ReadNpy(absl::StrCat(bdir, "/", FileNameFor(name), ".npy"));
+        ASSERT_TRUE(want.ok()) << want.status();
+        const Tensor& got = outputs[i];
+        ASSERT_EQ(got.dtype(), DataType::kFloat32) << "output '" << name << "'";
+        ASSERT_EQ(want->dtype(), DataType::kFloat32) << "reference '" << name << "'";
+        ASSERT_EQ(got.shape(), want->shape())
+            << "output '" << name << "': engine " << ShapeToString(got.shape())
+            << ", PyTorch " << ShapeToString(want->shape());
+
+        const ErrorFigure e =
+            Compare(got.data<float>(), want->data<float>(), got.num_elements());
+        const std::string figure = absl::StrFormat(
+            "%s b%d t%d %s: rel err %.3g (max|a-b| %.3g, max|ref| %.3g, worst index %d)",
+            mc.name, batch, threads, name, e.relative, e.max_abs_diff, e.max_abs_ref,
+            e.worst_index);
+        std::printf("[ figure   ] %s\n", figure.c_str());
+        RecordProperty(absl::StrCat(name, "_b", batch, "_t", threads, "_rel_err"),
+                       absl::StrFormat("%.3g", e.relative));
+        EXPECT_EQ(e.non_finite, 0) << "output '" << name << "' has non-finite values";
+        EXPECT_GT(e.max_abs_ref, 0) << "reference '" << name << "' is all zeros";
+        EXPECT_LE(e.relative, kMaxRelativeError) << figure;
+      }
     }
-    std::vector<Tensor> outputs;
-    absl::Status st = (*session)->Run(ctx.get(), inputs, &outputs);
-    ASSERT_TRUE(st.ok()) << st;
-    ASSERT_EQ(outputs.size(), (*session)->outputs().size());
-
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      const std::string& name = (*session)->outputs()[i].name;
-      auto want = ReadNpy(absl::StrCat(bdir, "/", FileNameFor(name), ".npy"));
-      ASSERT_TRUE(want.ok()) << want.status();
-      const Tensor& got = outputs[i];
-      ASSERT_EQ(got.dtype(), DataType::kFloat32) << "output '" << name << "'";
-      ASSERT_EQ(want->dtype(), DataType::kFloat32) << "reference '" << name << "'";
-      ASSERT_EQ(got.shape(), want->shape())
-          << "output '" << name << "': engine " << ShapeToString(got.shape())
-          << ", PyTorch " << ShapeToString(want->shape());
-
-      const ErrorFigure e =
-          Compare(got.data<float>(), want->data<float>(), got.num_elements());
-      const std::string figure = absl::StrFormat(
-          "%s b%d %s: rel err %.3g (max|a-b| %.3g, max|ref| %.3g, worst index %d)",
-          mc.name, batch, name, e.relative, e.max_abs_diff, e.max_abs_ref,
-          e.worst_index);
-      std::printf("[ figure   ] %s\n", figure.c_str());
-      RecordProperty(absl::StrCat(name, "_b", batch, "_rel_err"),
-                     absl::StrFormat("%.3g", e.relative));
-      EXPECT_EQ(e.non_finite, 0) << "output '" << name << "' has non-finite values";
-      EXPECT_GT(e.max_abs_ref, 0) << "reference '" << name << "' is all zeros";
-      EXPECT_LE(e.relative, kMaxRelativeError) << figure;
+    if (threads == 1) {
+      // The last two runs took their activations from the plans' arena.
+      EXPECT_GT(ctx->activation_memory().arena_hits, 0);
+    } else {
+      EXPECT_EQ(ctx->batch_shard_contexts(), 2) << "batch 4 did not run as shards";
     }
   }
-  // The last two runs took their activations from the plans' arena.
-  EXPECT_GT(ctx->activation_memory().arena_hits, 0);
+  omp_set_num_threads(outer_threads);
 }
 
 INSTANTIATE_TEST_SUITE_P(PyTorchExports, ModelTest,
