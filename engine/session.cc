@@ -24,6 +24,7 @@
 #include "engine/ops/reduced_precision.h"
 #include "engine/ops/registry.h"
 #include "engine/passes/passes.h"
+#include "engine/shard_worker.h"
 #include "engine/status_macros.h"
 
 namespace qs {
@@ -86,10 +87,20 @@ struct ExecutionContext::Impl {
   }
   ~Impl() { pool->Drain(); }
   std::vector<std::unique_ptr<KernelState>> states;  // per planned node
-  // Contexts of the batch shards (Session::Run), one per thread of the sharded runs,
-  // made on first use; each runs on one thread at a time, so holds its own primitives
-  // (built for one thread) and activation pool.
-  std::vector<std::unique_ptr<ExecutionContext>> shards;
+  // The batch shards (Session::Run), made on first use: shard 0 runs on the owner's
+  // thread, shard k > 0 on its own worker thread. Each has a context of its own
+  // (primitives built for one thread, activation pool), created, run and destroyed
+  // only on its shard's thread (shard_worker.h says why).
+  struct Shard {
+    std::unique_ptr<ShardWorker> worker;  // null for shard 0
+    std::unique_ptr<ExecutionContext> ctx;
+    ~Shard() {
+      if (worker == nullptr) return;
+      worker->Run([this] { ctx.reset(); });
+      worker->Wait();
+    }
+  };
+  std::vector<std::unique_ptr<Shard>> shards;
 };
 
 namespace {
@@ -143,7 +154,7 @@ ExecutionContext::~ExecutionContext() = default;
 
 int ExecutionContext::batch_shard_contexts() const {
   int n = 0;
-  for (const auto& shard : impl_->shards) n += shard != nullptr;
+  for (const auto& shard : impl_->shards) n += shard != nullptr && shard->ctx != nullptr;
   return n;
 }
 
@@ -151,8 +162,8 @@ ExecutionContext::ActivationMemory ExecutionContext::activation_memory() const {
   const BufferPool& pool = *impl_->pool;
   ActivationMemory m{pool.arena_bytes(), pool.cached_bytes(), pool.arena_hits()};
   for (const auto& shard : impl_->shards) {
-    if (shard == nullptr) continue;
-    const ActivationMemory s = shard->activation_memory();
+    if (shard == nullptr || shard->ctx == nullptr) continue;
+    const ActivationMemory s = shard->ctx->activation_memory();
     m.arena_bytes += s.arena_bytes;
     m.cached_bytes += s.cached_bytes;
     m.arena_hits += s.arena_hits;
@@ -779,7 +790,17 @@ absl::StatusOr<bool> Session::RunShards(ExecutionContext* ctx, int shards,
   const Plan& plan = *plan_;
   const int64_t rows = inputs[0].dim(0) / shards;
   ExecutionContext::Impl& impl = *ctx->impl_;
-  if (impl.shards.size() < static_cast<size_t>(shards)) impl.shards.resize(shards);
+  try {
+    while (impl.shards.size() < static_cast<size_t>(shards)) {
+      auto shard = std::make_unique<ExecutionContext::Impl::Shard>();
+      if (!impl.shards.empty()) shard->worker = std::make_unique<ShardWorker>();
+      impl.shards.push_back(std::move(shard));
+    }
+  } catch (const std::exception& e) {  // std::system_error: no thread to be had
+    QS_LOG(WARNING) << "batch shards: cannot start a worker thread (" << e.what()
+                    << "); running the batch whole";
+    return false;
+  }
   std::vector<std::vector<Tensor>> in(shards);
   std::vector<std::vector<Tensor>> out(shards);
   for (int k = 0; k < shards; ++k) {
@@ -787,25 +808,31 @@ absl::StatusOr<bool> Session::RunShards(ExecutionContext* ctx, int shards,
   }
   std::vector<absl::Status> status(shards);
   const KernelChoice choice = CurrentKernelChoice();
-#pragma omp parallel num_threads(shards)
-  {
-    // Each thread runs its shards alone: primitives built here are for one thread
-    // (oneDNN sizes them by omp_get_max_threads()), and the OpenMP regions of the
-    // kernels run inline on it. A thread's timing permission carries over.
-    omp_set_num_threads(1);
+  // One shard on this thread (its primitives built for one thread too), exceptions
+  // turned into statuses: nothing may escape a worker's job.
+  auto run_shard = [&](int k) {
     KernelChoiceScope carried(choice);
-    for (int k = omp_get_thread_num(); k < shards; k += omp_get_num_threads()) {
-      try {
-        if (impl.shards[k] == nullptr) impl.shards[k] = NewContext();
-        status[k] = RunWhole(impl.shards[k].get(), in[k], &out[k]);
-      } catch (const std::bad_alloc&) {
-        status[k] = absl::ResourceExhaustedError("out of memory");
-      }
+    ExecutionContext::Impl::Shard& shard = *impl.shards[k];
+    try {
+      if (shard.ctx == nullptr) shard.ctx = NewContext();
+      status[k] = RunWhole(shard.ctx.get(), in[k], &out[k]);
+    } catch (const std::bad_alloc&) {
+      status[k] = absl::ResourceExhaustedError("out of memory");
+    } catch (const std::exception& e) {
+      status[k] = absl::InternalError(absl::StrCat("batch shard: ", e.what()));
     }
+  };
+  for (int k = 1; k < shards; ++k) impl.shards[k]->worker->Run([&run_shard, k] { run_shard(k); });
+  {
+    const int team = omp_get_max_threads();
+    omp_set_num_threads(1);
+    run_shard(0);
+    omp_set_num_threads(team);
   }
+  for (int k = 1; k < shards; ++k) impl.shards[k]->worker->Wait();
   for (const absl::Status& st : status) QS_RETURN_IF_ERROR(st);
   int64_t peak = 0;
-  for (int k = 0; k < shards; ++k) peak += impl.shards[k]->peak_activation_bytes_;
+  for (int k = 0; k < shards; ++k) peak += impl.shards[k]->ctx->peak_activation_bytes_;
   ctx->peak_activation_bytes_ = std::max(ctx->peak_activation_bytes_, peak);
   in.clear();
   outputs->clear();
@@ -813,12 +840,16 @@ absl::StatusOr<bool> Session::RunShards(ExecutionContext* ctx, int shards,
   for (size_t i = 0; i < plan.outputs.size(); ++i) {
     for (int k = 0; k < shards; ++k) {
       Tensor& t = out[k][i];
-      if (t.rank() < 1 || t.dim(0) != rows) {
-        // Not batched along dimension 0: this run's shards cannot be joined.
+      const Tensor& first = k == 0 ? t : parts[0];  // out[0][i] has moved there
+      if (t.rank() < 1 || t.dim(0) != rows || t.dtype() != first.dtype() ||
+          !std::equal(t.shape().begin() + 1, t.shape().end(), first.shape().begin() + 1,
+                      first.shape().end())) {
+        // Not batched along dimension 0, or of data-dependent trailing sizes: this
+        // run's shards cannot be joined.
         if (!plan.shards_off.exchange(true)) {
           QS_LOG(WARNING) << "output '" << plan.outputs[i].name
-                          << "' has no leading batch dimension; batches of this model "
-                             "run on one OpenMP team from now on";
+                          << "' does not come out one row range per batch shard; "
+                             "batches of this model run whole from now on";
         }
         outputs->clear();
         return false;

@@ -9,8 +9,8 @@
 // threads. An ExecutionContext belongs to one thread at a time (it owns that thread's
 // oneDNN stream and cached primitives); create it on the thread that will use it.
 // Run() blocks the calling thread for the computation (oneDNN runs an OpenMP team of the
-// calling thread's omp_get_max_threads()). A context also keeps one context per batch
-// shard (see Run), used by the team's threads while the owning thread waits in Run.
+// calling thread's omp_get_max_threads()). A context that has run batch shards (see
+// Run) also owns one idle worker thread per shard beyond the first.
 #ifndef QUANTSERVE_ENGINE_SESSION_H_
 #define QUANTSERVE_ENGINE_SESSION_H_
 
@@ -168,8 +168,9 @@ class Session {
   //
   // Batch shards: when the plan has a batch dimension (max_batch_size > 0), the calling
   // thread has T > 1 OpenMP threads and the batch splits into T equal row ranges of at
-  // least 2 rows, each thread runs one range through the whole plan on single-threaded
-  // primitives, and the outputs are joined: no barrier between layers and no layer
+  // least 2 rows, the calling thread and T - 1 worker threads of the context each run
+  // one range through the whole plan on single-threaded primitives, and the outputs are
+  // joined: no barrier between layers and no layer
   // too small to split well (ResNet-50 INT8 at batch 8 on 2 threads: ~4 % faster; the
   // BERT-like encoder at DYNAMIC_RANGE: ~25 %). Not while profiling or with a tap
   // (they report one run's nodes). QS_BATCH_SHARDS=0 in the environment turns it off.

@@ -247,5 +247,46 @@ TEST(BatchShardsTest, OutputsWithoutALeadingBatchDimensionRunWhole) {
   }
 }
 
+// Two inputs whose rows are 12 and 20 bytes long: the shards' row ranges do not start on
+// 64-byte boundaries, so they are copied rather than viewed.
+TEST(BatchShardsTest, SeveralInputsWithUnalignedRows) {
+  ModelBuilder b;
+  b.Input("a", {-1, 3});
+  b.Input("c", {-1, 5});
+  b.Output("y");
+  b.Constant("w", Gaussian({3, 5}, 1.f, 21));
+  b.Node("MatMul", {"a", "w"}, {"m"});
+  b.Node("Add", {"m", "c"}, {"y"});
+  onnx::ModelProto m = b.model();
+  m.mutable_graph()->set_name("two_inputs");
+  auto* dims = m.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()
+                   ->mutable_shape();
+  dims->add_dim()->set_dim_param("n");
+  dims->add_dim()->set_dim_value(5);
+  auto parsed = ParseOnnxModel(m.SerializeAsString(), "two_inputs");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  auto session = CompileOrDie(*parsed, Precision::kFP32, 8);
+  ASSERT_NE(session, nullptr);
+  const Tensor a = Gaussian({6, 3}, 1.f, 22);
+  const Tensor c = Gaussian({6, 5}, 1.f, 23);
+  const Tensor w = Gaussian({3, 5}, 1.f, 21);  // the model's weights
+  ThreadsScope two(2);
+  auto ctx = session->NewContext();
+  const std::vector<Tensor> got = RunOrDie(*session, ctx.get(), {a, c});
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(ctx->batch_shard_contexts(), 2);
+  ASSERT_EQ(got[0].shape(), Shape({6, 5}));
+  // numpy's a @ w + c, computed here in double.
+  for (int64_t r = 0; r < 6; ++r) {
+    for (int64_t j = 0; j < 5; ++j) {
+      double want = c.data<float>()[r * 5 + j];
+      for (int64_t k = 0; k < 3; ++k) {
+        want += double{a.data<float>()[r * 3 + k]} * w.data<float>()[k * 5 + j];
+      }
+      EXPECT_NEAR(got[0].data<float>()[r * 5 + j], want, 1e-5) << r << "," << j;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace qs

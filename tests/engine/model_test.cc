@@ -125,7 +125,10 @@ TEST_P(ModelTest, MatchesPyTorchAtBatch1And4) {
   // after 4, so that any per-context caching keyed on shapes is exercised in both
   // directions. The second run at each batch size replays the first one's buffer plan
   // (buffer_pool.h).
-  const int outer_threads = omp_get_max_threads();
+  struct RestoreThreads {
+    int n = omp_get_max_threads();
+    ~RestoreThreads() { omp_set_num_threads(n); }
+  } restore;  // also when an ASSERT returns early
   for (int threads : {1, 2}) {
     omp_set_num_threads(threads);
     auto ctx = (*session)->NewContext();
@@ -177,7 +180,6 @@ TEST_P(ModelTest, MatchesPyTorchAtBatch1And4) {
       EXPECT_EQ(ctx->batch_shard_contexts(), 2) << "batch 4 did not run as shards";
     }
   }
-  omp_set_num_threads(outer_threads);
 }
 
 INSTANTIATE_TEST_SUITE_P(PyTorchExports, ModelTest,
