@@ -170,10 +170,11 @@ class Session {
   // thread has T > 1 OpenMP threads and the batch splits into T equal row ranges of at
   // least 2 rows, the calling thread and T - 1 worker threads of the context each run
   // one range through the whole plan on single-threaded primitives, and the outputs are
-  // joined: no barrier between layers and no layer
-  // too small to split well (ResNet-50 INT8 at batch 8 on 2 threads: ~4 % faster; the
-  // BERT-like encoder at DYNAMIC_RANGE: ~25 %). Not while profiling or with a tap
-  // (they report one run's nodes). QS_BATCH_SHARDS=0 in the environment turns it off.
+  // joined: no barrier between layers and no layer too small to split across threads
+  // (batch 8 on 2 threads, idle host: 1-4 % faster; with other work competing for the
+  // cores, which a team pays at every barrier, up to 23 %: docs/performance.md). Not
+  // while profiling or with a tap (they report one run's nodes). QS_BATCH_SHARDS=0 in
+  // the environment turns it off.
   absl::Status Run(ExecutionContext* ctx, const std::vector<Tensor>& inputs,
                    std::vector<Tensor>* outputs) const;
 
