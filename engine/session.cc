@@ -152,6 +152,16 @@ ExecutionContext::ExecutionContext(std::unique_ptr<Impl> impl)
     : impl_(std::move(impl)) {}
 ExecutionContext::~ExecutionContext() = default;
 
+int64_t ExecutionContext::peak_activation_bytes() const {
+  // The owner's own runs feed its pool's cap (Impl::AdaptPoolCap); the shards' peaks
+  // only add up here, for reporting.
+  int64_t shards = 0;
+  for (const auto& shard : impl_->shards) {
+    if (shard != nullptr && shard->ctx != nullptr) shards += shard->ctx->peak_activation_bytes_;
+  }
+  return std::max(peak_activation_bytes_, shards);
+}
+
 int ExecutionContext::batch_shard_contexts() const {
   int n = 0;
   for (const auto& shard : impl_->shards) n += shard != nullptr && shard->ctx != nullptr;
@@ -831,9 +841,6 @@ absl::StatusOr<bool> Session::RunShards(ExecutionContext* ctx, int shards,
   }
   for (int k = 1; k < shards; ++k) impl.shards[k]->worker->Wait();
   for (const absl::Status& st : status) QS_RETURN_IF_ERROR(st);
-  int64_t peak = 0;
-  for (int k = 0; k < shards; ++k) peak += impl.shards[k]->ctx->peak_activation_bytes_;
-  ctx->peak_activation_bytes_ = std::max(ctx->peak_activation_bytes_, peak);
   in.clear();
   outputs->clear();
   std::vector<Tensor> parts(shards);

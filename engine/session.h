@@ -114,7 +114,9 @@ class ExecutionContext {
   // When on, Run() records per-node wall time (see profile()).
   void set_profiling(bool on) { profiling_ = on; }
   const std::vector<NodeProfile>& profile() const { return profile_; }
-  int64_t peak_activation_bytes() const { return peak_activation_bytes_; }
+  // The largest activation set of one run: of a whole run, or summed over the shards of
+  // a sharded run (each shard's own peak, so an upper bound).
+  int64_t peak_activation_bytes() const;
   // What the context holds for activations between runs: its run-plan arena and its
   // cache of free buffers (buffer_pool.h), and how many allocations the arena served.
   struct ActivationMemory {
