@@ -7,9 +7,14 @@
 // 1 and 8.90 at batch 8, while layer3-4 take 10.82 and 9.78 (their weights, not their
 // activations, dominate, and a batch reuses them). So the session runs a leading run of
 // sample-separable nodes per sample and the rest on the whole batch, for batches of 4
-// and more (Session::Run; QS_BATCH_SPLIT=0 turns it off). Not for INT8 and
-// DYNAMIC_RANGE plans: their u8 maps are a quarter of the size, already stay in cache,
-// and per-sample runs only added primitive launches (ResNet-50 INT8 b8 43.5 vs 42.5 ms).
+// and more (Session::Run; QS_BATCH_SPLIT=0 turns it off).
+//
+// INT8 and DYNAMIC_RANGE plans run their prefix per sample only on a single thread (a
+// batch shard, session.h): their u8 maps are a quarter of the size and already stay in
+// cache, so the split saves them no time, and on a 2-thread team per-sample primitives
+// lost (ResNet-50 INT8 b8 43.5 vs 42.5 ms, MobileNetV2 9.4 vs 8.0). Within a shard it
+// costs 0-1 % and holds one sample's early maps instead of the shard's: ResNet-50 INT8
+// at batch 8 peaks at 6.4 MB of activations instead of 17.7, MobileNetV2 at 4.5.
 #ifndef QUANTSERVE_ENGINE_BATCH_SPLIT_H_
 #define QUANTSERVE_ENGINE_BATCH_SPLIT_H_
 
@@ -25,8 +30,11 @@ namespace qs {
 // whose per-sample output is at least `min_sample_bytes` (estimated at 4 bytes per
 // element from shape inference). Every graph input the prefix reads must have a free
 // leading (batch) dimension. 0 when there is no such prefix, and for graphs with
-// INT8/DYNAMIC_RANGE nodes (see above).
+// INT8/DYNAMIC_RANGE nodes when the prefix holds none of them.
 size_t BatchSplitEnd(const Graph& graph, size_t min_sample_bytes = size_t{1} << 20);
+
+// Whether any of the first `end` nodes runs at INT8 or DYNAMIC_RANGE.
+bool HasIntegerNodes(const Graph& graph, size_t end);
 
 }  // namespace qs
 

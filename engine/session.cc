@@ -59,6 +59,8 @@ struct Session::Plan {
   // sample), split_live_out the slots they produce that later nodes or the outputs read
   // (concatenated back along the batch).
   size_t split_end = 0;
+  // Integer plans split only on a single-threaded run (a batch shard; batch_split.h).
+  bool split_single_thread = false;
   std::vector<int> split_inputs;
   std::vector<bool> split_input_read_after;  // per split input: a later node reads it
   std::vector<int> split_live_out;
@@ -417,6 +419,7 @@ absl::StatusOr<std::unique_ptr<Session::Plan>> Session::BuildPlan(
     }
   }
   plan->split_end = BatchSplitEnd(graph);
+  plan->split_single_thread = HasIntegerNodes(graph, graph.nodes.size());
   if (plan->split_end > 0) {
     std::vector<bool> produced(plan->num_slots, false), read_in(plan->num_slots, false),
         read_after(plan->num_slots, false);
@@ -707,7 +710,8 @@ absl::Status Session::RunWhole(ExecutionContext* ctx, const std::vector<Tensor>&
   for (int s : plan.input_slots) live_bytes += static_cast<int64_t>(slots[s].byte_size());
   // Samples to run the leading nodes for one at a time (0: no split).
   int64_t split_batch = 0;
-  if (plan.split_end > 0 && !ctx->tap_ && BatchSplitEnabled()) {
+  if (plan.split_end > 0 && !ctx->tap_ && BatchSplitEnabled() &&
+      (!plan.split_single_thread || omp_get_max_threads() == 1)) {
     for (int s : plan.split_inputs) {
       const Tensor& t = slots[s];
       const int64_t n = t.rank() >= 2 ? t.dim(0) : 0;

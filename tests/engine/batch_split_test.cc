@@ -2,6 +2,9 @@
 // what running each sample alone gives.
 #include "engine/batch_split.h"
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -68,14 +71,21 @@ TEST(BatchSplitEndTest, EndsAfterTheLastLargeSeparableNode) {
   EXPECT_EQ(SplitEnd(m, 1 << 20), 0u);      // nothing that large
 }
 
-TEST(BatchSplitEndTest, NoSplitForIntegerPlans) {
+TEST(BatchSplitEndTest, IntegerPlansSplitOnlyThroughAnIntegerNode) {
   auto graph = ImportGraph(SmallCnn(64, false));
   ASSERT_TRUE(graph.ok()) << graph.status();
   ASSERT_EQ(BatchSplitEnd(*graph, 128 * 1024), 7u);
+  EXPECT_FALSE(HasIntegerNodes(*graph, graph->nodes.size()));
   for (const char* precision : {kPrecisionStatic, kPrecisionDynamic}) {
     Graph g = *graph;
     g.nodes[3].attrs.SetString(kPrecisionAttr, precision);  // the second conv
-    EXPECT_EQ(BatchSplitEnd(g, 128 * 1024), 0u) << precision;
+    EXPECT_EQ(BatchSplitEnd(g, 128 * 1024), 7u) << precision;
+    EXPECT_TRUE(HasIntegerNodes(g, 4));
+    EXPECT_FALSE(HasIntegerNodes(g, 3));
+    // Only the head is integer: a float prefix would be concatenated back whole.
+    Graph head = *graph;
+    head.nodes.back().attrs.SetString(kPrecisionAttr, precision);  // the Gemm
+    EXPECT_EQ(BatchSplitEnd(head, 128 * 1024), 0u) << precision;
   }
   Graph bf16 = *graph;
   bf16.nodes[3].attrs.SetString(kPrecisionAttr, kPrecisionBf16);
@@ -135,6 +145,55 @@ TEST(BatchSplitSessionTest, SplitRunMatchesSamplesRunAlone) {
           << "sample " << s << " class " << j;
     }
   }
+}
+
+// DYNAMIC_RANGE observes each activation's range per run, so a per-sample prefix run
+// shows in the result: it is each sample's own range. Integer plans split only on one
+// thread, that is inside a batch shard (batch 8 on 2 threads), and not on a 2-thread
+// team (batch 5 runs whole: it does not divide into shards).
+TEST(BatchSplitSessionTest, IntegerPlansSplitOnlyInsideBatchShards) {
+  const onnx::ModelProto m = SmallCnn(256, false);
+  CompileOptions options;
+  options.precision = Precision::kDynamicRange;
+  options.max_batch_size = 8;
+  auto session = Session::Compile(m, options);
+  ASSERT_TRUE(session.ok()) << session.status();
+  Tensor x = Gaussian({8, 8, 256, 256}, 1.f, 12);
+  const int64_t per_sample = x.num_elements() / 8;
+  for (int64_t i = 0; i < x.num_elements(); ++i) {
+    x.data<float>()[i] *= 1.f + static_cast<float>(i / per_sample);  // ranges differ
+  }
+  const int outer_threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  std::vector<std::vector<float>> alone(8);
+  {
+    auto ctx = (*session)->NewContext();
+    for (int64_t s = 0; s < 8; ++s) {
+      std::vector<Tensor> out;
+      ASSERT_TRUE((*session)->Run(ctx.get(), {x.Rows(s, 1)}, &out).ok());
+      alone[s].assign(out[0].data<float>(), out[0].data<float>() + 10);
+    }
+  }
+  omp_set_num_threads(2);
+  auto max_diff = [&](const Tensor& got, int64_t rows) {
+    double d = 0;
+    for (int64_t s = 0; s < rows; ++s) {
+      for (int64_t j = 0; j < 10; ++j) {
+        d = std::max(d, std::fabs(double{got.data<float>()[s * 10 + j]} - alone[s][j]) /
+                            (1.0 + std::fabs(alone[s][j])));
+      }
+    }
+    return d;
+  };
+  auto ctx = (*session)->NewContext();
+  std::vector<Tensor> sharded;
+  ASSERT_TRUE((*session)->Run(ctx.get(), {x}, &sharded).ok());
+  EXPECT_EQ(ctx->batch_shard_contexts(), 2);
+  EXPECT_LE(max_diff(sharded[0], 8), 1e-5);
+  std::vector<Tensor> team;
+  ASSERT_TRUE((*session)->Run(ctx.get(), {x.Rows(0, 5)}, &team).ok());
+  EXPECT_GT(max_diff(team[0], 5), 1e-4);  // one range for the batch: not split
+  omp_set_num_threads(outer_threads);
 }
 
 }  // namespace
