@@ -507,21 +507,32 @@ bool BatchSplitEnabled() {
   return enabled;
 }
 
-// `parts` stacked along dimension 0 (equal dtype, layout and trailing dims).
+// Whether `parts` can be stacked along dimension 0: each defined, of rank >= 1, with
+// the first one's dtype, layout and trailing dims.
+bool Stackable(const std::vector<Tensor>& parts) {
+  if (parts.empty()) return false;
+  const Tensor& first = parts[0];
+  for (const Tensor& p : parts) {
+    if (!p.defined() || p.rank() < 1 || p.dtype() != first.dtype() ||
+        p.layout() != first.layout() || p.rank() != first.rank() ||
+        !std::equal(p.shape().begin() + 1, p.shape().end(), first.shape().begin() + 1)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// `parts` stacked along dimension 0 (see Stackable).
 absl::StatusOr<Tensor> ConcatRows(const std::vector<Tensor>& parts) {
-  if (parts.empty() || !parts[0].defined() || parts[0].rank() < 1) {
-    return absl::InternalError("batch split: a boundary value was not produced");
+  const bool produced = !parts.empty() && std::all_of(parts.begin(), parts.end(),
+                                                      [](const Tensor& p) { return p.defined(); });
+  if (!produced) return absl::InternalError("batch split: a boundary value was not produced");
+  if (!Stackable(parts)) {
+    return absl::InternalError("batch split: samples produced mismatched values");
   }
   Shape shape = parts[0].shape();
   int64_t rows = 0;
-  for (const Tensor& p : parts) {
-    if (!p.defined() || p.dtype() != parts[0].dtype() || p.layout() != parts[0].layout() ||
-        p.rank() != parts[0].rank() ||
-        !std::equal(p.shape().begin() + 1, p.shape().end(), shape.begin() + 1)) {
-      return absl::InternalError("batch split: samples produced mismatched values");
-    }
-    rows += p.dim(0);
-  }
+  for (const Tensor& p : parts) rows += p.dim(0);
   shape[0] = rows;
   Tensor out = Tensor::Uninitialized(parts[0].dtype(), shape);
   out.set_layout(parts[0].layout());
@@ -849,23 +860,21 @@ absl::StatusOr<bool> Session::RunShards(ExecutionContext* ctx, int shards,
   outputs->clear();
   std::vector<Tensor> parts(shards);
   for (size_t i = 0; i < plan.outputs.size(); ++i) {
+    bool one_range_each = true;
     for (int k = 0; k < shards; ++k) {
-      Tensor& t = out[k][i];
-      const Tensor& first = k == 0 ? t : parts[0];  // out[0][i] has moved there
-      if (t.rank() < 1 || t.dim(0) != rows || t.dtype() != first.dtype() ||
-          !std::equal(t.shape().begin() + 1, t.shape().end(), first.shape().begin() + 1,
-                      first.shape().end())) {
-        // Not batched along dimension 0, or of data-dependent trailing sizes: this
-        // run's shards cannot be joined.
-        if (!plan.shards_off.exchange(true)) {
-          QS_LOG(WARNING) << "output '" << plan.outputs[i].name
-                          << "' does not come out one row range per batch shard; "
-                             "batches of this model run whole from now on";
-        }
-        outputs->clear();
-        return false;
+      parts[k] = std::move(out[k][i]);
+      one_range_each = one_range_each && parts[k].rank() >= 1 && parts[k].dim(0) == rows;
+    }
+    if (!one_range_each || !Stackable(parts)) {
+      // Not batched along dimension 0, or of data-dependent trailing sizes: this run's
+      // shards cannot be joined.
+      if (!plan.shards_off.exchange(true)) {
+        QS_LOG(WARNING) << "output '" << plan.outputs[i].name
+                        << "' does not come out one row range per batch shard; "
+                           "batches of this model run whole from now on";
       }
-      parts[k] = std::move(t);
+      outputs->clear();
+      return false;
     }
     QS_ASSIGN_OR_RETURN(Tensor joined, ConcatRows(parts));
     outputs->push_back(std::move(joined));
