@@ -14,6 +14,7 @@
 #include "engine/session.h"
 #include "gtest/gtest.h"
 #include "tests/engine/ops/model_builder.h"
+#include "tests/engine/threads_scope.h"
 
 namespace qs {
 namespace {
@@ -65,16 +66,6 @@ onnx::ModelProto SmallCnn(const std::string& extra = "") {
   EXPECT_TRUE(parsed.ok()) << parsed.status();
   return parsed.ok() ? *parsed : m;
 }
-
-// Restores the calling thread's OpenMP team size.
-class ThreadsScope {
- public:
-  explicit ThreadsScope(int n) : previous_(omp_get_max_threads()) { omp_set_num_threads(n); }
-  ~ThreadsScope() { omp_set_num_threads(previous_); }
-
- private:
-  int previous_;
-};
 
 std::unique_ptr<Session> CompileOrDie(const onnx::ModelProto& model, Precision precision,
                                       int max_batch_size) {

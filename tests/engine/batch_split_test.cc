@@ -2,8 +2,6 @@
 // what running each sample alone gives.
 #include "engine/batch_split.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -15,6 +13,7 @@
 #include "engine/session.h"
 #include "gtest/gtest.h"
 #include "tests/engine/ops/model_builder.h"
+#include "tests/engine/threads_scope.h"
 
 namespace qs {
 namespace {
@@ -163,10 +162,9 @@ TEST(BatchSplitSessionTest, IntegerPlansSplitOnlyInsideBatchShards) {
   for (int64_t i = 0; i < x.num_elements(); ++i) {
     x.data<float>()[i] *= 1.f + static_cast<float>(i / per_sample);  // ranges differ
   }
-  const int outer_threads = omp_get_max_threads();
-  omp_set_num_threads(1);
   std::vector<std::vector<float>> alone(8);
   {
+    ThreadsScope one(1);
     auto ctx = (*session)->NewContext();
     for (int64_t s = 0; s < 8; ++s) {
       std::vector<Tensor> out;
@@ -174,7 +172,7 @@ TEST(BatchSplitSessionTest, IntegerPlansSplitOnlyInsideBatchShards) {
       alone[s].assign(out[0].data<float>(), out[0].data<float>() + 10);
     }
   }
-  omp_set_num_threads(2);
+  ThreadsScope two(2);
   auto max_diff = [&](const Tensor& got, int64_t rows) {
     double d = 0;
     for (int64_t s = 0; s < rows; ++s) {
@@ -193,7 +191,6 @@ TEST(BatchSplitSessionTest, IntegerPlansSplitOnlyInsideBatchShards) {
   std::vector<Tensor> team;
   ASSERT_TRUE((*session)->Run(ctx.get(), {x.Rows(0, 5)}, &team).ok());
   EXPECT_GT(max_diff(team[0], 5), 1e-4);  // one range for the batch: not split
-  omp_set_num_threads(outer_threads);
 }
 
 }  // namespace

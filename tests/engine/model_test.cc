@@ -15,7 +15,6 @@
 // with a = engine output, b = PyTorch reference (both FP32, compared in double). It
 // must be <= 1e-4. A NaN/Inf in the engine output, a shape or dtype mismatch, or an
 // all-zero reference (which would make the metric meaningless) fails the test.
-#include <omp.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -33,6 +32,7 @@
 #include "engine/onnx_import.h"
 #include "engine/session.h"
 #include "gtest/gtest.h"
+#include "tests/engine/threads_scope.h"
 
 namespace qs {
 namespace {
@@ -125,12 +125,8 @@ TEST_P(ModelTest, MatchesPyTorchAtBatch1And4) {
   // after 4, so that any per-context caching keyed on shapes is exercised in both
   // directions. The second run at each batch size replays the first one's buffer plan
   // (buffer_pool.h).
-  struct RestoreThreads {
-    int n = omp_get_max_threads();
-    ~RestoreThreads() { omp_set_num_threads(n); }
-  } restore;  // also when an ASSERT returns early
   for (int threads : {1, 2}) {
-    omp_set_num_threads(threads);
+    ThreadsScope team(threads);
     auto ctx = (*session)->NewContext();
     for (int batch : {1, 4, 1, 4}) {
       SCOPED_TRACE(absl::StrCat(mc.name, " batch ", batch, ", ", threads, " threads"));
